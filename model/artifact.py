@@ -1,0 +1,198 @@
+"""Artifact I/O: one folder per category, ``manifest.json`` plus ``*.safetensors``.
+
+Layout under an artifacts root::
+
+    <root>/<category>            -> symlink to .versions/<category>-<artifact id>
+    <root>/.versions/<category>-<artifact id>/manifest.json, *.safetensors
+
+A new fit is written into a temporary folder, fsynced, renamed into ``.versions`` and
+published by atomically replacing the ``<category>`` symlink (``os.replace``). A crash
+or kill at any point leaves the previous artifact served. The manifest records the
+SHA-256 of every other file; loading refuses an artifact whose files do not match.
+No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VERSIONS_DIR = ".versions"
+KEEP_VERSIONS = 2  # the live one and the one before it (rollback)
+CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, incomplete, tampered with or of an unknown format."""
+
+
+@dataclass
+class Artifact:
+    path: Path
+    manifest: dict[str, Any]
+    tensors: dict[str, dict[str, torch.Tensor]]  # file stem -> tensors
+
+    @property
+    def artifact_id(self) -> str:
+        return self.manifest["artifact_id"]
+
+
+def validate_category(name: str) -> str:
+    """Return ``name`` if it is a safe category name (no path separators, dots-only or long names)."""
+    if not CATEGORY_RE.fullmatch(name) or set(name) <= {"."}:
+        raise ValueError(f"invalid category name {name!r}: use letters, digits, '_', '-', '.' (max 64)")
+    return name
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_artifact(
+    root: Path | str, category: str, manifest: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]]
+) -> Path:
+    """Write and atomically publish an artifact; returns the published ``<root>/<category>`` path.
+
+    ``tensors`` maps a file stem (``backbone``, ``memory_bank``...) to its tensors.
+    ``manifest`` gets ``format_version``, ``category``, ``files`` and ``artifact_id`` added.
+    """
+    validate_category(category)
+    root = Path(root)
+    versions = root / VERSIONS_DIR
+    versions.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{category}-", dir=root))
+    try:
+        files = {}
+        for stem, group in tensors.items():
+            name = f"{stem}.safetensors"
+            save_file({k: v.detach().cpu().contiguous() for k, v in group.items()}, str(tmp / name))
+            files[name] = sha256_file(tmp / name)
+        digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
+        full = {"format_version": FORMAT_VERSION, "category": category, "artifact_id": f"{category}-{digest}"}
+        full.update(manifest)
+        full["files"] = files
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False, allow_nan=False))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        final = versions / full["artifact_id"]
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(versions)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _publish(root, category, final)
+    _prune(root, category, keep=final.name)
+    return root / category
+
+
+def _publish(root: Path, category: str, target: Path) -> None:
+    """Point ``<root>/<category>`` at ``target`` with one atomic rename of a symlink."""
+    link = root / category
+    if link.exists() and not link.is_symlink():
+        # A plain folder (copied by hand): move it aside as a version before swapping.
+        os.rename(link, root / VERSIONS_DIR / f"{category}-manual-{os.getpid()}")
+    tmp_link = root / f".link-{category}-{os.getpid()}"
+    if tmp_link.is_symlink():
+        tmp_link.unlink()
+    os.symlink(os.path.relpath(target, root), tmp_link)
+    os.replace(tmp_link, link)
+    _fsync_dir(root)
+
+
+def _prune(root: Path, category: str, keep: str) -> None:
+    """Delete old versions of ``category`` beyond the newest ``KEEP_VERSIONS``."""
+    versions = sorted(
+        (p for p in (root / VERSIONS_DIR).glob(f"{category}-*") if p.is_dir() and p.name != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in versions[KEEP_VERSIONS - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(f".tmp-{category}-*"):
+        # Left by a killed fit; safe to remove (never published).
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def read_manifest(path: Path | str) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"{path}: no {MANIFEST}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: {MANIFEST} is not valid JSON") from exc
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if not isinstance(manifest.get("files"), dict):
+        raise ArtifactError(f"{path}: manifest lists no files")
+    return manifest
+
+
+def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+    """Raise ``ArtifactError`` unless every listed file exists with its recorded SHA-256."""
+    for name, expected in manifest["files"].items():
+        if Path(name).name != name:
+            raise ArtifactError(f"{path}: manifest names a file outside the artifact: {name!r}")
+        f = path / name
+        if not f.is_file():
+            raise ArtifactError(f"{path}: missing file {name}")
+        if sha256_file(f) != expected:
+            raise ArtifactError(f"{path}: {name} does not match its SHA-256 (corrupt or modified)")
+
+
+def load_artifact(path: Path | str) -> Artifact:
+    """Read an artifact folder, verifying every file's hash before any tensor is loaded."""
+    path = Path(path).resolve()
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    try:
+        tensors = {Path(name).stem: load_file(str(path / name)) for name in manifest["files"]}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ArtifactError(f"{path}: unreadable tensors: {exc}") from exc
+    return Artifact(path=path, manifest=manifest, tensors=tensors)
+
+
+def list_categories(root: Path | str) -> list[str]:
+    """Category names published under ``root`` (folders or links holding a manifest)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if not p.name.startswith(".") and CATEGORY_RE.fullmatch(p.name) and p.is_dir()
+    )
+
+
+def artifact_size_bytes(path: Path | str) -> int:
+    path = Path(path).resolve()
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())

@@ -1,0 +1,56 @@
+"""Greedy k-center coreset selection on random projections (PatchCore's subsampling).
+
+Each step costs one mat-vec over the projected patches: with precomputed squared norms,
+``|z_i - c|^2 = |z_i|^2 - 2 z_i.c + |c|^2``, so the work is linear in the number of
+patches and uses no ``[N, C]`` temporaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def random_projection(features: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
+    """Johnson-Lindenstrauss projection ``[N, C] -> [N, dim]`` (identity when ``dim >= C``)."""
+    n, c = features.shape
+    if dim >= c:
+        return features.float()
+    gen = torch.Generator().manual_seed(seed)
+    proj = torch.randn(c, dim, generator=gen) / dim**0.5
+    return features.float() @ proj.to(features.device)
+
+
+def greedy_coreset(
+    features: torch.Tensor,
+    n_select: int,
+    proj_dim: int = 128,
+    seed: int = 0,
+    on_step: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Indices ``[n_select]`` of a greedy k-center coreset of ``features [N, C]``.
+
+    The first centre is drawn with ``seed``; each next one is the patch farthest from
+    all centres chosen so far (distances in the projected space).
+    """
+    n = features.shape[0]
+    if n_select >= n:
+        return torch.arange(n)
+    z = random_projection(features, proj_dim, seed).contiguous()
+    norms = (z * z).sum(1)
+    gen = torch.Generator().manual_seed(seed)
+    current = int(torch.randint(n, (1,), generator=gen))
+    chosen = torch.empty(n_select, dtype=torch.long)
+    min_dist = torch.full((n,), float("inf"), device=z.device)
+    dist = torch.empty(n, device=z.device)
+    for step in range(n_select):
+        chosen[step] = current
+        centre = z[current]
+        torch.addmv(norms, z, centre, alpha=-2.0, out=dist)
+        dist += norms[current]
+        torch.minimum(min_dist, dist, out=min_dist)
+        current = int(min_dist.argmax())
+        if on_step is not None:
+            on_step(step)
+    return chosen

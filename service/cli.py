@@ -1,0 +1,162 @@
+"""``factory-inspect``: fit, evaluate, serve and demo.
+
+The command names, flags and meanings of ``fit``, ``evaluate`` and ``serve`` are a
+stable contract (see README). Long work shows progress bars on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+log = logging.getLogger("factory_inspect")
+
+
+def _progress(desc: str, total: int) -> tqdm:
+    return tqdm(total=total, desc=f"{desc:>10}", unit="it", leave=True, file=sys.stderr, dynamic_ncols=True)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def load_config(config_file: str | None, overrides: list[str]):
+    """A ``FitConfig`` from an optional JSON file plus ``--set key=value`` overrides."""
+    from model.config import FitConfig
+
+    config = FitConfig.from_dict(json.loads(Path(config_file).read_text())) if config_file else FitConfig()
+    pairs = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        pairs[key.strip()] = _parse_value(value)
+    return config.with_overrides(pairs) if pairs else config
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from model.fit import fit
+
+    config = load_config(args.config, args.set)
+    report = fit(args.data, args.category, args.artifacts, config, device=args.device, progress=_progress)
+    print(f"artifact   {report.artifact} -> {report.artifact_id}")
+    print(f"images     {report.n_fit} fit, {report.n_holdout} held out for calibration")
+    print(f"bank       {report.bank_size} vectors (of {report.n_patches} patches)")
+    print(f"size       {report.artifact_bytes / 1e6:.1f} MB")
+    print("seconds    " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from model.evaluate import evaluate
+    from model.inspector import Inspector
+
+    inspector = Inspector.from_artifact(args.artifact, args.device)
+    output = Path(args.output)
+    plots = Path(args.plots) if args.plots else output.with_name(output.stem + "_plots")
+    report = evaluate(
+        inspector, args.data, output_dir=None if args.no_plots else plots, eval_size=args.resolution,
+        batch_size=args.batch_size, progress=_progress,
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2, allow_nan=False))
+
+    def fmt(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    print(f"image AUROC {fmt(report['image_auroc'])}  pixel AUROC {fmt(report['pixel_auroc'])}  "
+          f"AU-PRO {fmt(report['au_pro'])}  (at {report['resolution']} px, {report['backbone']})")
+    print(f"wrote {output}" + ("" if args.no_plots else f" and plots in {plots}"))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    overrides = {"artifacts": args.artifacts, "device": args.device}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", timeout_keep_alive=5)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    return run_demo(Path(args.workdir), data=args.data, category=args.category, progress=_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="factory-inspect", description="Visual inspection: fit, evaluate, serve.")
+    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="build a category artifact from <data>/train/good")
+    f.add_argument("--data", required=True, help="category folder in MVTec layout")
+    f.add_argument("--category", required=True)
+    f.add_argument("--artifacts", required=True, help="artifacts root; writes <root>/<category>")
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--config", help="fit config JSON (see model/config.py)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set nns.coreset_ratio=0.02 --set gaussian.enabled=false")
+    f.set_defaults(func=cmd_fit)
+
+    e = sub.add_parser("evaluate", help="image AUROC, pixel AUROC, AU-PRO on <data>/test")
+    e.add_argument("--data", required=True)
+    e.add_argument("--artifact", required=True, help="an artifact folder, <root>/<category>")
+    e.add_argument("--output", required=True, help="JSON report path")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--plots", help="folder for PNG plots (default: <output>_plots)")
+    e.add_argument("--no-plots", action="store_true")
+    e.add_argument("--resolution", type=int, default=None, help="evaluation resolution (default: model input)")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("serve", help="run the inspection server")
+    s.add_argument("--artifacts", default=None)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", help="generate data (or use --data), fit, serve, inspect one image")
+    d.add_argument("--workdir", default="demo-output")
+    d.add_argument("--data", default=None, help="an MVTec-style category folder instead of generated data")
+    d.add_argument("--category", default="demo")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _set_threads(args.threads)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        log.debug("failed", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Unit tests of the scoring core on tiny tensors."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.calibration import best_f1_threshold, calibrate_on_good, far_threshold
+from model.coreset import greedy_coreset
+from model.features import ConcatFusion, select_dims
+from model.gaussian import GaussianAccumulator, GaussianModel
+from model.memory_bank import MemoryBank
+from model.postprocess import AnomalyMapCombiner, find_regions, gaussian_kernel1d, image_scores, normalized_score
+
+
+def test_coreset_picks_far_points_first():
+    # Two tight clusters far apart plus one outlier: 3 centres must hit all three groups.
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(50, 8, generator=gen) * 0.01
+    b = torch.randn(50, 8, generator=gen) * 0.01 + 10
+    outlier = torch.full((1, 8), -20.0)
+    x = torch.cat([a, b, outlier])
+    idx = greedy_coreset(x, 3, proj_dim=8, seed=1)
+    groups = {0 if i < 50 else 1 if i < 100 else 2 for i in idx.tolist()}
+    assert groups == {0, 1, 2}
+    assert len(set(idx.tolist())) == 3
+
+
+def test_coreset_matches_naive_greedy():
+    x = torch.randn(300, 16, generator=torch.Generator().manual_seed(3))
+    idx = greedy_coreset(x, 20, proj_dim=64, seed=5)  # proj_dim >= C: exact distances
+    chosen = [int(idx[0])]
+    min_d = ((x - x[chosen[0]]) ** 2).sum(1)
+    for _ in range(19):
+        nxt = int(min_d.argmax())
+        chosen.append(nxt)
+        min_d = torch.minimum(min_d, ((x - x[nxt]) ** 2).sum(1))
+    assert idx.tolist() == chosen
+
+
+def test_coreset_returns_everything_when_asked_for_more():
+    assert greedy_coreset(torch.randn(5, 3), 10).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_memory_bank_nearest_distance_matches_cdist_with_small_chunks():
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.randn(37, 6, generator=gen)
+    feats = torch.randn(2, 6, 5, 7, generator=gen)
+    d = MemoryBank(bank, chunk=4)(feats)
+    q = feats.permute(0, 2, 3, 1).reshape(-1, 6)
+    ref = torch.cdist(q, bank).min(1).values.view(2, 5, 7)
+    assert d.shape == (2, 5, 7)
+    assert torch.allclose(d, ref, atol=1e-4)
+
+
+def test_memory_bank_zero_distance_for_bank_members():
+    bank = torch.randn(10, 4)
+    feats = bank[:6].T.reshape(1, 4, 2, 3)
+    assert MemoryBank(bank)(feats).abs().max() < 1e-3
+
+
+def test_gaussian_matches_numpy_per_position():
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randn(40, 3, 2, 2, generator=gen) * torch.tensor([1.0, 2.0, 0.5]).view(1, 3, 1, 1)
+    acc = GaussianAccumulator()
+    acc.update(train[:15])
+    acc.update(train[15:])  # streaming == one pass
+    mean, inv = acc.finalize(reg=0.01)
+    test = torch.randn(2, 3, 2, 2, generator=gen)
+    got = GaussianModel(mean, inv)(test)
+    x = train.flatten(2).permute(2, 0, 1).double().numpy()  # [P, N, D]
+    for p in range(4):
+        mu = x[p].mean(0)
+        cov = np.cov(x[p], rowvar=False) + 0.01 * np.eye(3)
+        for b in range(2):
+            d = test[b].flatten(1)[:, p].double().numpy() - mu
+            ref = np.sqrt(d @ np.linalg.inv(cov) @ d)
+            assert got[b].flatten()[p].item() == pytest.approx(ref, rel=1e-4)
+
+
+def test_gaussian_needs_two_images():
+    acc = GaussianAccumulator()
+    acc.update(torch.randn(1, 2, 2, 2))
+    with pytest.raises(ValueError):
+        acc.finalize(0.01)
+
+
+def test_concat_fusion_shapes():
+    out = ConcatFusion()(torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4, 4), torch.randn(2, 5, 2, 2))
+    assert out.shape == (2, 12, 4, 4)
+
+
+def test_select_dims_is_seeded_and_sorted():
+    a, b = select_dims(192, 100, 0), select_dims(192, 100, 0)
+    assert torch.equal(a, b) and len(set(a.tolist())) == 100 and torch.all(a[1:] > a[:-1])
+    assert not torch.equal(a, select_dims(192, 100, 1))
+    assert torch.equal(select_dims(10, 50, 0), torch.arange(10))
+
+
+def test_amc_is_product_then_smoothing():
+    comb = AnomalyMapCombiner(image_size=32, sigma=0)
+    a, b = torch.rand(1, 4, 4) + 0.5, torch.rand(1, 4, 4) + 0.5
+    out = comb([a, b])
+    up = torch.nn.functional.interpolate
+    ref = up(a[:, None], size=(32, 32), mode="bilinear") * up(b[:, None], size=(32, 32), mode="bilinear")
+    assert torch.allclose(out, ref[:, 0])
+    smooth = AnomalyMapCombiner(image_size=32, sigma=4)([a, b])
+    assert smooth.shape == (1, 32, 32)
+    assert smooth.max() < out.max() and smooth.mean() == pytest.approx(out.mean().item(), rel=0.05)
+
+
+def test_gaussian_kernel_is_normalised_and_sized_like_anomalib():
+    k = gaussian_kernel1d(4.0)
+    assert k.numel() == 33 and k.sum().item() == pytest.approx(1.0)
+
+
+def test_image_score_is_max():
+    m = torch.zeros(2, 8, 8)
+    m[0, 3, 4] = 5
+    m[1, 0, 0] = 2
+    assert image_scores(m).tolist() == [5.0, 2.0]
+
+
+def test_normalized_score_threshold_is_half():
+    assert normalized_score(10.0, 10.0, 2.0) == 0.5
+    assert normalized_score(12.0, 10.0, 2.0) == 1.0
+    assert normalized_score(9.0, 10.0, 2.0) == 0.25
+    assert normalized_score(-100.0, 10.0, 2.0) == 0.0
+    assert normalized_score(float("inf"), 10.0, 2.0) == 1.0
+
+
+def test_find_regions_boxes_and_peaks():
+    amap = np.zeros((20, 20), np.float32)
+    amap[2:5, 3:7] = 1.0
+    amap[3, 4] = 3.0
+    amap[15:18, 15:16] = 2.0
+    regions = find_regions(amap, amap > 0.5)
+    assert [(r.x, r.y, r.width, r.height, r.area) for r in regions] == [(3, 2, 4, 3, 12), (15, 15, 1, 3, 3)]
+    assert [r.peak for r in regions] == [3.0, 2.0]
+
+
+def test_far_threshold_extrapolates_above_sample_max():
+    scores = np.random.default_rng(0).lognormal(1.0, 0.1, size=20)
+    t = far_threshold(scores, 0.001)
+    assert t > scores.max()
+    assert far_threshold(scores, 0.5) < t
+
+
+def test_calibration_scale_and_pixel_threshold():
+    maps = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
+    scores = maps.reshape(4, -1).max(1)
+    th = calibrate_on_good(scores, maps, 0.01, 0.01)
+    assert np.mean(maps > th.pixel) == pytest.approx(0.01, abs=0.003)
+    assert th.scale == pytest.approx(th.image - float(scores.min()), rel=1e-5)
+
+
+def test_best_f1_threshold():
+    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.35])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    t, f1 = best_f1_threshold(scores, labels)
+    assert t == 0.35 and f1 == 1.0
