@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny generated datasets and artifacts fitted on them with a random-init backbone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.config import FitConfig
+from model.fit import fit
+from model.synthetic import generate_category
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tiny_config(**overrides) -> FitConfig:
+    """64 px, random-init EfficientNet-Lite0: fits in about a second."""
+    base = {
+        "image_size": 64,
+        "batch_size": 8,
+        "backbone.arch": "tf_efficientnet_lite0",
+        "backbone.weights": "random",
+        "gaussian.dims": 16,
+        "nns.coreset_ratio": 0.1,
+        "calibration.min_holdout": 3,
+    }
+    base.update(overrides)
+    return FitConfig().with_overrides(base)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small MVTec-layout category generated on the fly."""
+    root = tmp_path_factory.mktemp("data") / "tiles"
+    return generate_category(root, kind="tiles", n_train=12, n_test_good=4, n_test_defect=8, size=128, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory, tiny_data) -> Path:
+    """An artifacts root with two fitted categories, ``alpha`` and ``beta``."""
+    root = tmp_path_factory.mktemp("artifacts")
+    fit(tiny_data, "alpha", root, tiny_config())
+    fit(tiny_data, "beta", root, tiny_config(seed=1))
+    return root
+
+
+def shared_category(*parts: str) -> Path:
+    """A category folder under ../shared/data, or skip with a clear message when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.is_dir():
+        pytest.skip(f"real data not found at {path} (expected ../shared/data beside the repo)")
+    return path
