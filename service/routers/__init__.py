@@ -1,0 +1,1 @@
+"""HTTP routers, one per concern: inspection, categories, health and metrics."""

@@ -1,0 +1,88 @@
+"""``GET /categories``, ``GET /categories/{category}`` and ``POST /categories/{category}/reload``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+
+from service.dependencies import CategoryName, RegistryDep, known_category, require_reload_permission
+from service.errors import ApiError, request_id_of
+from service.registry import Category, ReloadError
+from service.schemas import (
+    CategoryDetail,
+    CategoryList,
+    CategoryStatus,
+    ErrorBody,
+    ManifestSummary,
+    ReloadResult,
+    Thresholds,
+)
+
+router = APIRouter(prefix="/categories", tags=["categories"])
+
+
+def category_status(category: Category) -> CategoryStatus:
+    return CategoryStatus(name=category.name, state=category.state, artifact_id=category.artifact_id,
+                          error=category.error, loaded_at=category.loaded_at)
+
+
+def manifest_summary(manifest: dict[str, Any]) -> ManifestSummary:
+    """The manifest's useful facts (no file hashes, no training file names)."""
+    config = manifest.get("config", {})
+    backbone = config.get("backbone", {})
+    fit = manifest.get("fit", {})
+    training = manifest.get("training", {})
+    thresholds = manifest.get("calibration", {}).get("thresholds")
+    return ManifestSummary(
+        format_version=manifest.get("format_version"),
+        created_at=manifest.get("created_at"),
+        backbone_arch=backbone.get("arch"),
+        backbone_weights=backbone.get("weights"),
+        image_size=config.get("image_size"),
+        blocks={k: bool(v["enabled"]) for k, v in config.items() if isinstance(v, dict) and "enabled" in v},
+        thresholds=Thresholds(**thresholds) if thresholds else None,
+        bank_size=fit.get("bank_size"),
+        n_patches=fit.get("n_patches"),
+        fit_seconds=fit.get("seconds", {}),
+        training_images=training.get("n_images"),
+        training_fingerprint=training.get("fingerprint"),
+        versions=manifest.get("versions", {}),
+    )
+
+
+@router.get("", response_model=CategoryList, summary="Every category and its state")
+async def list_categories(registry: RegistryDep) -> CategoryList:
+    return CategoryList(categories=[category_status(c) for c in registry.all()])
+
+
+@router.get(
+    "/{category}",
+    response_model=CategoryDetail,
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    summary="A category's state and live artifact (manifest summary)",
+)
+async def get_category(category: Annotated[Category, Depends(known_category)]) -> CategoryDetail:
+    inspector = category.inspector
+    summary = manifest_summary(inspector.manifest) if inspector is not None else None
+    return CategoryDetail(**category_status(category).model_dump(), manifest=summary)
+
+
+@router.post(
+    "/{category}/reload",
+    response_model=ReloadResult,
+    responses={s: {"model": ErrorBody} for s in (401, 403, 404, 409, 422)},
+    dependencies=[Depends(require_reload_permission)],
+    summary="Load the artifact now published at <root>/<category> and swap it in",
+    description="Bearer `reload_key` (or `api_key`) when configured; with neither, loopback clients only. "
+    "In-flight requests finish on the old artifact. A broken new artifact answers 409 `reload_failed` "
+    "and the old one keeps serving.",
+)
+async def reload_category(request: Request, name: CategoryName, registry: RegistryDep) -> ReloadResult:
+    try:
+        outcome = await registry.reload(name)
+    except ReloadError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from exc
+    return ReloadResult(category=outcome.category, artifact_id=outcome.artifact_id,
+                        previous_artifact_id=outcome.previous_artifact_id, seconds=round(outcome.seconds, 3),
+                        request_id=request_id_of(request))

@@ -1,0 +1,225 @@
+"""``POST /inspect/{category}``: score one or several images."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from service.batching import ModelUnavailable, QueueFull, Scored
+from service.dependencies import MetricsDep, SettingsDep, require_api_key, serving_category
+from service.errors import ApiError, request_id_of
+from service.metrics import Metrics
+from service.registry import Category
+from service.rendering import NonFiniteResult, RenderOptions, parse_outputs, render
+from service.schemas import BatchResult, ErrorBody, ImageResult
+from service.uploads import CLIENT_CLOSED, Upload, decode_all, read_uploads
+
+log = logging.getLogger("service.inspect")
+
+router = APIRouter(tags=["inspect"])
+
+
+_ERRORS = {
+    s: {"model": ErrorBody, "description": d}
+    for s, d in {
+        400: "invalid_image, invalid_multipart",
+        401: "unauthorized (api_key configured)",
+        404: "unknown_category",
+        413: "payload_too_large, image_too_large, too_many_images",
+        415: "unsupported_format, unsupported_media_type",
+        422: "invalid_category, missing_file, empty_file, empty_body, validation_error, invalid_parameter",
+        500: "internal_error",
+        503: "artifact_unavailable; overloaded (with Retry-After)",
+        504: "deadline_exceeded",
+    }.items()
+}
+
+_IMAGE_TYPES = ["image/png", "image/jpeg", "image/bmp", "image/tiff"]
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "one image"},
+                        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                  "description": "several images (answer: BatchResult)"},
+                    },
+                }
+            },
+            **{t: {"schema": {"type": "string", "format": "binary"}} for t in _IMAGE_TYPES},
+        },
+    }
+}
+
+
+def render_options(
+    settings: SettingsDep,
+    threshold: Annotated[float | None, Query(gt=0, allow_inf_nan=False,
+                                             description="image threshold override for this request")] = None,
+    outputs: Annotated[str, Query(max_length=64, description="comma list of heatmap, mask, overlay; or none")]
+    = "heatmap,mask",
+) -> RenderOptions:
+    try:
+        chosen = parse_outputs(outputs)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_parameter", str(exc)) from exc
+    return RenderOptions(chosen, threshold, settings.max_regions, settings.png_compression)
+
+
+@router.post(
+    "/inspect/{category}",
+    response_model=ImageResult | BatchResult,
+    responses=_ERRORS,
+    openapi_extra=_REQUEST_BODY,
+    dependencies=[Depends(require_api_key)],
+    summary="Score images of a category",
+    description="One image as multipart `file` or a raw `image/*` body answers an `ImageResult`; "
+    "several as multipart `files` answer a `BatchResult`. Concurrent requests are batched.",
+)
+async def inspect_images(
+    request: Request,
+    category: Annotated[Category, Depends(serving_category)],
+    options: Annotated[RenderOptions, Depends(render_options)],
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> Response:
+    rid = request_id_of(request)
+    t0 = request.state.t0
+    started = time.perf_counter()
+    uploads = await read_uploads(request, settings.max_images_per_request)
+    read_ms = (time.perf_counter() - started) * 1000.0
+    if not category.batcher.has_room(len(uploads.items)):  # fail fast, before decoding
+        raise _overloaded(category, settings.retry_after_s)
+    images, decode_ms = await asyncio.to_thread(
+        decode_all, uploads.items, settings.max_pixels, settings.max_request_pixels
+    )
+    remaining = settings.request_timeout_s - (time.perf_counter() - t0)
+    scored = await _score(request, category, images, remaining, settings.retry_after_s)
+    if scored is None:
+        return Response(status_code=CLIENT_CLOSED)
+    rendered = await asyncio.to_thread(_render_all, images, scored, options, rid)
+    stages = _Stages(read_ms, decode_ms, [e for _, e in rendered], (time.perf_counter() - t0) * 1000.0)
+    results = [
+        _image_result(category.name, upload, s, fields, rid, stages.of_image(i, s))
+        for i, (upload, s, (fields, _)) in enumerate(zip(uploads.items, scored, rendered, strict=True))
+    ]
+    _observe(metrics, category.name, results, stages)
+    if not uploads.batch:
+        return _json(results[0])
+    return _json(_build(BatchResult, category=category.name, artifact_id=results[0].artifact_id,
+                        count=len(results), results=results, timings_ms=stages.of_request(scored), request_id=rid))
+
+
+@dataclass
+class _Stages:
+    """Server-side stage times of one request, in ms."""
+
+    read: float
+    decode: list[float]  # per image
+    encode: list[float]  # per image
+    total: float
+
+    def of_image(self, index: int, s: Scored) -> dict[str, float]:
+        """read, decode, queue, the inference stages of its batch, inference, encode, total."""
+        return _rounded({"read": self.read, "decode": self.decode[index], "queue": s.queue_ms,
+                         **s.result.timings_ms, "inference": s.inference_ms, "encode": self.encode[index],
+                         "total": self.total})
+
+    def of_request(self, scored: list[Scored]) -> dict[str, float]:
+        return _rounded({"read": self.read, "decode": sum(self.decode), "queue": max(s.queue_ms for s in scored),
+                         "encode": sum(self.encode), "total": self.total})
+
+
+async def _score(
+    request: Request, category: Category, images: list[np.ndarray], remaining: float, retry_after: int
+) -> list[Scored] | None:
+    """Queue the images and wait for their results, the deadline or the client leaving (-> None)."""
+    if remaining <= 0:
+        raise ApiError(504, "deadline_exceeded", "request deadline exceeded before inference")
+    work = asyncio.ensure_future(category.batcher.score(images))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        done, _ = await asyncio.wait({work, gone}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await _cancel(work, gone)
+    if work in done:
+        try:
+            return work.result()
+        except QueueFull as exc:
+            raise _overloaded(category, retry_after) from exc
+        except ModelUnavailable as exc:
+            raise ApiError(503, "artifact_unavailable", f"category {category.name} is not serving") from exc
+    if gone in done:
+        log.info("request %s: client disconnected before its result", request_id_of(request))
+        return None
+    raise ApiError(504, "deadline_exceeded", "request deadline exceeded while waiting for inference")
+
+
+def _overloaded(category: Category, retry_after: int) -> ApiError:
+    return ApiError(503, "overloaded", f"server busy: the queue for {category.name} is full; retry later",
+                    {"Retry-After": str(retry_after)})
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body has been read, so only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel(*tasks: asyncio.Future) -> None:
+    """Cancel unfinished tasks and wait for them, so their ``finally`` blocks have run."""
+    pending = [t for t in tasks if not t.done()]
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _render_all(
+    images: list[np.ndarray], scored: list[Scored], options: RenderOptions, rid: str
+) -> list[tuple[dict, float]]:
+    try:
+        return [render(image, s, options) for image, s in zip(images, scored, strict=True)]
+    except NonFiniteResult as exc:
+        log.error("request %s: %s", rid, exc)
+        raise ApiError(500, "internal_error", "internal server error") from None
+
+
+def _image_result(category: str, upload: Upload, s: Scored, fields: dict, rid: str, timings: dict) -> ImageResult:
+    return _build(ImageResult, category=category, filename=upload.filename, batch_size=s.batch_size,
+                  timings_ms=timings, artifact_id=s.inspector.artifact_id, request_id=rid, **fields)
+
+
+def _build(model, **fields):
+    """Build a response model; a NaN/Inf anywhere is an internal error, logged, never sent."""
+    try:
+        return model(**fields)
+    except ValidationError as exc:
+        log.error("request %s: invalid %s (non-finite value?): %s", fields.get("request_id"), model.__name__, exc)
+        raise ApiError(500, "internal_error", "internal server error") from None
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 3) for k, v in timings.items()}
+
+
+def _json(model: ImageResult | BatchResult) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
+def _observe(metrics: Metrics, category: str, results: list[ImageResult], stages: _Stages) -> None:
+    """Verdict counters and one observation per stage (the batch stages of the first image)."""
+    metrics.observe_verdicts(category, [r.is_anomalous for r in results])
+    per_stage = {k: v for k, v in results[0].timings_ms.items() if k not in ("decode", "encode")}
+    per_stage.update(decode=sum(stages.decode), encode=sum(stages.encode))
+    metrics.observe_stages(per_stage)

@@ -1,0 +1,131 @@
+"""Pydantic models of every response body (they document the OpenAPI schema).
+
+Result models refuse NaN and infinity (``allow_inf_nan=False``): a non-finite value
+never reaches JSON; building such a model fails and the API answers 500.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Finite(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class ErrorBody(BaseModel):
+    """Every error: a message, a stable machine-readable code, the request id."""
+
+    error: str = Field(description="human-readable message")
+    code: str = Field(description="stable code, e.g. invalid_image, image_too_large, artifact_unavailable")
+    request_id: str
+
+
+class Region(Finite):
+    """A connected defect region of the mask, in pixels of the input image."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    area: int = Field(description="pixels in the region")
+    peak: float = Field(description="highest anomaly-map value in the region")
+
+
+class ImageResult(Finite):
+    """The verdict and maps of one image."""
+
+    category: str
+    filename: str | None = Field(None, description="the multipart part's filename, when given")
+    width: int = Field(description="input width; heatmap, mask and overlay have this size")
+    height: int
+    score: float = Field(description="raw image score (max of the anomaly map)")
+    normalized_score: float = Field(description="score mapped to [0, 1]; 0.5 is the threshold")
+    threshold: float = Field(description="image threshold used (calibrated, or the request's override)")
+    pixel_threshold: float = Field(description="calibrated map threshold behind mask and regions")
+    is_anomalous: bool = Field(description="score > threshold")
+    heatmap: str | None = Field(
+        None, description="base64 PNG (RGB, JET): anomaly map over the fixed range [0, 2 x calibrated threshold]"
+    )
+    mask: str | None = Field(None, description="base64 PNG (8-bit gray, 255 = defect): map > pixel_threshold")
+    overlay: str | None = Field(None, description="base64 PNG (RGB): heatmap blended on the input, mask outlined")
+    regions: list[Region] = Field(description="defect regions, highest peak first")
+    batch_size: int = Field(description="images in the inference call that scored this one")
+    timings_ms: dict[str, float] = Field(
+        description="server stages: read, decode, queue, inference stages (batch), inference, encode, total"
+    )
+    artifact_id: str = Field(description="the artifact that scored this image")
+    request_id: str
+
+
+class BatchResult(Finite):
+    """Several images (the multipart ``files`` field): one result each, in upload order."""
+
+    category: str
+    artifact_id: str = Field(description="artifact of the first result (each result names its own)")
+    count: int
+    results: list[ImageResult]
+    timings_ms: dict[str, float] = Field(description="request stages: read, decode, queue, encode, total")
+    request_id: str
+
+
+class CategoryStatus(BaseModel):
+    name: str
+    state: Literal["loading", "ready", "failed"]
+    artifact_id: str | None = Field(None, description="the live artifact")
+    error: str | None = Field(None, description="why it failed to load, or why the last reload failed")
+    loaded_at: datetime | None = None
+
+
+class CategoryList(BaseModel):
+    categories: list[CategoryStatus]
+
+
+class Thresholds(BaseModel):
+    image: float
+    pixel: float
+    scale: float
+    method: str
+
+
+class ManifestSummary(BaseModel):
+    """What the live artifact is and how it was fitted."""
+
+    format_version: int | None = None
+    created_at: str | None = None
+    backbone_arch: str | None = None
+    backbone_weights: str | None = None
+    image_size: int | None = None
+    blocks: dict[str, bool] = Field(default_factory=dict, description="scoring blocks switched on or off")
+    thresholds: Thresholds | None = None
+    bank_size: int | None = None
+    n_patches: int | None = None
+    fit_seconds: dict[str, float] = Field(default_factory=dict)
+    training_images: int | None = None
+    training_fingerprint: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class CategoryDetail(CategoryStatus):
+    manifest: ManifestSummary | None = Field(None, description="summary of the live artifact's manifest")
+
+
+class ReloadResult(BaseModel):
+    category: str
+    artifact_id: str
+    previous_artifact_id: str | None
+    seconds: float
+    request_id: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    loading_finished: bool
+    categories: dict[str, CategoryStatus]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"

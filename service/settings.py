@@ -1,0 +1,54 @@
+"""Server settings, from keyword arguments or ``FACTORY_INSPECT_*`` environment variables.
+
+Every field can be set in the environment with the prefix, e.g.
+``FACTORY_INSPECT_ARTIFACTS=/srv/artifacts`` or ``FACTORY_INSPECT_API_KEY=...``.
+Keyword arguments (what the CLI passes) win over the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of one server process."""
+
+    model_config = SettingsConfigDict(env_prefix="FACTORY_INSPECT_", extra="ignore", frozen=True)
+
+    # Models
+    artifacts: Path = Field(Path("artifacts"), description="artifacts root; every <root>/<category> is served")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="torch device for inference")
+    torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+    # Input limits
+    max_body_bytes: int = Field(20_000_000, ge=1, description="largest request body, counted while it streams")
+    max_pixels: int = Field(64_000_000, ge=1, description="largest decoded image (width x height), from the header")
+    max_request_pixels: int = Field(
+        128_000_000, ge=1, description="most decoded pixels over all images of one request (from the headers)"
+    )
+    max_images_per_request: int = Field(32, ge=1, description="most images (multipart parts) in one request")
+
+    # Dynamic batching and back-pressure
+    max_batch_size: int = Field(8, ge=1, description="most images in one inference call")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more images once one arrives")
+    max_queue: int = Field(64, ge=1, description="images admitted per category (queued or running); then 503")
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline of one inspect request; then 504")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with an overload 503")
+    inference_workers: int = Field(1, ge=1, description="threads running inference (all categories share them)")
+
+    # Responses
+    max_regions: int = Field(32, ge=0, description="most defect regions listed per image")
+    png_compression: int = Field(1, ge=0, le=9, description="zlib level of returned PNGs (speed over size)")
+
+    # Security
+    api_key: SecretStr | None = Field(
+        None, description="when set, /inspect and reload need 'Authorization: Bearer <api_key>'"
+    )
+    reload_key: SecretStr | None = Field(
+        None, description="bearer key for the reload endpoint (default: api_key; neither set: loopback only)"
+    )
+    reload_on_sighup: bool = Field(True, description="SIGHUP reloads every category (main thread only)")
