@@ -102,6 +102,10 @@ class Inspector:
         manifest: dict[str, Any] | None = None,
     ) -> None:
         self.device = torch.device(device)
+        if self.device.type == "cuda":
+            # TF32 moves scores by ~3e-3 relative: evaluate (CPU) and serve (CUDA) must agree to 1e-4.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.config = config
         self.features = frozen(features).to(self.device)
         self.branches = branches

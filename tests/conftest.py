@@ -14,7 +14,8 @@ from model.synthetic import generate_category
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def tiny_config(**overrides) -> FitConfig:
