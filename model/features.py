@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.config import FitConfig
+
 
 def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bring a feature map ``[B, C, h, w]`` to ``size``: average-pool down, bilinear up."""
@@ -22,35 +24,59 @@ def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-class ConcatFusion(nn.Module):
-    """LGFFP fallback: concat(layer1, layer2, layer3) on layer2's grid. No parameters."""
+class LayerConcat(nn.Module):
+    """Selected backbone layers on the finest selected layer's grid, concatenated, then
+    ``pool_size`` average pooling (local neighbourhood aggregation). No parameters.
 
-    def forward(self, f1: torch.Tensor, f2: torch.Tensor, f3: torch.Tensor) -> torch.Tensor:
-        """``f1 [B,C1,2h,2w], f2 [B,C2,h,w], f3 [B,C3,h/2,w/2]`` -> ``[B, C1+C2+C3, h, w]``."""
-        size = tuple(f2.shape[-2:])
-        return torch.cat([resize_to(f1, size), f2, resize_to(f3, size)], dim=1)
+    This is each branch's feature builder, and the LGFFP fallback when no fusion
+    transformer is used. ``layers`` are 1-based positions in the backbone's outputs.
+    """
+
+    def __init__(self, layers: tuple[int, ...], pool_size: int = 3) -> None:
+        super().__init__()
+        self.layers = tuple(layers)
+        self.pool = (
+            nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2, count_include_pad=False)
+            if pool_size > 1 else nn.Identity()
+        )
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """``feats[k] [B, Ck, Hk, Wk]`` -> ``[B, sum Ck (selected), H, W]`` on the finest selected grid."""
+        chosen = [feats[i - 1] for i in self.layers]
+        size = max((tuple(f.shape[-2:]) for f in chosen), key=lambda hw: hw[0])
+        return self.pool(torch.cat([resize_to(f, size) for f in chosen], dim=1))
 
 
 class FeaturePath(nn.Module):
-    """Image ``[B, 3, S, S]`` -> ``(nns [B, Cn, S/8, S/8], gauss [B, Dg, S/8, S/8])``.
+    """Image ``[B, 3, S, S]`` -> ``(nns [B, Cn, h, w], gauss [B, Dg, h', w'])``.
 
-    * NNS: concat(layer2, upsampled layer3), then ``pool_size`` average pooling.
-    * Gaussian: ``fusion(layer1, layer2, layer3)``, then the selected dims.
+    * NNS: ``nns_features(layers)`` (concatenated, pooled).
+    * Gaussian: ``fusion(layers)`` (LGFFP; by default a ``LayerConcat``), then the selected dims.
     """
 
-    def __init__(self, backbone: nn.Module, fusion: nn.Module, gauss_dims: torch.Tensor, pool_size: int = 3) -> None:
+    def __init__(self, backbone: nn.Module, nns_features: nn.Module, fusion: nn.Module, gauss_dims: torch.Tensor) -> None:
         super().__init__()
         self.backbone = backbone
+        self.nns_features = nns_features
         self.fusion = fusion
         self.register_buffer("gauss_dims", gauss_dims.long(), persistent=False)
-        self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f1, f2, f3 = self.backbone(x)
-        size = tuple(f2.shape[-2:])
-        nns = self.pool(torch.cat([f2, resize_to(f3, size)], dim=1))
-        gauss = self.fusion(f1, f2, f3).index_select(1, self.gauss_dims)
-        return nns, gauss
+        feats = self.backbone(x)
+        return self.nns_features(feats), self.fusion(feats).index_select(1, self.gauss_dims)
+
+
+def assemble(backbone: nn.Module, config: FitConfig, gauss_dims: torch.Tensor) -> FeaturePath:
+    """The feature path for ``config`` around ``backbone`` (fusion: plain concatenation)."""
+    nns = LayerConcat(config.nns.layers, config.nns.pool_size)
+    fusion = LayerConcat(config.gaussian.layers, config.gaussian.pool_size)
+    return FeaturePath(backbone, nns, fusion, gauss_dims)
+
+
+def gaussian_channels(backbone: nn.Module, config: FitConfig) -> int:
+    """Channels entering the Gaussian branch before dim selection."""
+    channels = backbone.feature_info.channels()
+    return sum(channels[i - 1] for i in config.gaussian.layers)
 
 
 def select_dims(total: int, wanted: int, seed: int) -> torch.Tensor:

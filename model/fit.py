@@ -27,7 +27,7 @@ from model.backbone import create_feature_extractor
 from model.calibration import calibrate_on_good, score_statistics
 from model.config import FitConfig
 from model.coreset import greedy_coreset
-from model.features import ConcatFusion, FeaturePath, select_dims
+from model.features import FeaturePath, assemble, gaussian_channels, select_dims
 from model.gaussian import GaussianAccumulator, GaussianModel
 from model.imageio import preprocess, read_image
 from model.inspector import Branches, Inspector, normalization
@@ -123,9 +123,8 @@ def build_feature_path(config: FitConfig) -> tuple[FeaturePath, list[float], lis
     bb = config.backbone
     backbone = create_feature_extractor(bb.arch, bb.out_indices, bb.weights)
     mean, std = normalization(backbone)
-    total = sum(backbone.feature_info.channels())
-    dims = select_dims(total, config.gaussian.dims, config.seed)
-    return FeaturePath(backbone, ConcatFusion(), dims, config.nns.pool_size), mean, std
+    dims = select_dims(gaussian_channels(backbone, config), config.gaussian.dims, config.seed)
+    return assemble(backbone, config, dims), mean, std
 
 
 @torch.inference_mode()
@@ -148,6 +147,11 @@ def extract(
 
 
 def build_memory_bank(patches: torch.Tensor, config: FitConfig, progress: ProgressFactory) -> MemoryBank:
+    """Greedy coreset of ``patches [N, C]`` (randomly capped at ``max_coreset_patches`` first)."""
+    cap = config.nns.max_coreset_patches
+    if patches.shape[0] > cap:
+        gen = torch.Generator().manual_seed(config.seed)
+        patches = patches[torch.randperm(patches.shape[0], generator=gen)[:cap]]
     n_select = max(1, round(config.nns.coreset_ratio * patches.shape[0]))
     bar = progress("coreset", n_select)
     idx = greedy_coreset(patches, n_select, config.nns.projection_dim, config.seed, on_step=lambda _: bar.update())

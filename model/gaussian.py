@@ -57,4 +57,29 @@ class GaussianModel(nn.Module):
         return m2.clamp_min(0.0).sqrt().T.reshape(b, h, w)
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {"mean": self.mean, "inv_cov": self.inv_cov}
+        """Mean and the upper triangle of each (symmetric) inverse covariance: half the bytes, exact."""
+        return {"mean": self.mean, "inv_cov_triu": pack_symmetric(self.inv_cov)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> GaussianModel:
+        return cls(tensors["mean"], unpack_symmetric(tensors["inv_cov_triu"]))
+
+
+def pack_symmetric(m: torch.Tensor) -> torch.Tensor:
+    """``[P, D, D]`` symmetric -> upper triangles ``[P, D*(D+1)/2]``."""
+    d = m.shape[-1]
+    i, j = torch.triu_indices(d, d)
+    return m[:, i, j].contiguous()
+
+
+def unpack_symmetric(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``pack_symmetric``: ``[P, D*(D+1)/2]`` -> ``[P, D, D]``."""
+    p, n = packed.shape
+    d = int(round(((8 * n + 1) ** 0.5 - 1) / 2))
+    if d * (d + 1) // 2 != n:
+        raise ValueError(f"{n} is not a triangular number")
+    i, j = torch.triu_indices(d, d)
+    out = packed.new_zeros(p, d, d)
+    out[:, i, j] = packed
+    out[:, j, i] = packed
+    return out

@@ -23,7 +23,7 @@ from model.artifact import Artifact, load_artifact
 from model.backbone import frozen
 from model.calibration import Thresholds
 from model.config import FitConfig
-from model.features import ConcatFusion, FeaturePath
+from model.features import FeaturePath, assemble
 from model.gaussian import GaussianModel
 from model.imageio import preprocess
 from model.memory_bank import MemoryBank
@@ -124,12 +124,11 @@ class Inspector:
         t = artifact.tensors
         backbone = build_backbone(config)
         backbone.load_state_dict(t["backbone"], strict=True)
-        fusion = ConcatFusion()
         dims = t["gaussian"]["dims"] if "gaussian" in t else torch.arange(1)
-        features = FeaturePath(backbone, fusion, dims, config.nns.pool_size)
+        features = assemble(backbone, config, dims)
         branches = Branches(
             nns=MemoryBank(t["memory_bank"]["bank"]) if "memory_bank" in t else None,
-            gaussian=GaussianModel(t["gaussian"]["mean"], t["gaussian"]["inv_cov"]) if "gaussian" in t else None,
+            gaussian=GaussianModel.from_tensors(t["gaussian"]) if "gaussian" in t else None,
         )
         th = m["calibration"]["thresholds"]
         thresholds = Thresholds(**th)

@@ -6,7 +6,7 @@ import torch
 
 from model.calibration import best_f1_threshold, calibrate_on_good, far_threshold
 from model.coreset import greedy_coreset
-from model.features import ConcatFusion, select_dims
+from model.features import LayerConcat, select_dims
 from model.gaussian import GaussianAccumulator, GaussianModel
 from model.memory_bank import MemoryBank
 from model.postprocess import AnomalyMapCombiner, find_regions, gaussian_kernel1d, image_scores, normalized_score
@@ -77,6 +77,15 @@ def test_gaussian_matches_numpy_per_position():
             assert got[b].flatten()[p].item() == pytest.approx(ref, rel=1e-4)
 
 
+def test_gaussian_round_trips_through_packed_triangles():
+    a = torch.randn(3, 5, 5)
+    sym = a @ a.transpose(1, 2)
+    model = GaussianModel(torch.zeros(3, 5), sym)
+    packed = model.tensors()["inv_cov_triu"]
+    assert packed.shape == (3, 15)
+    assert torch.equal(GaussianModel.from_tensors(model.tensors()).inv_cov, sym)
+
+
 def test_gaussian_needs_two_images():
     acc = GaussianAccumulator()
     acc.update(torch.randn(1, 2, 2, 2))
@@ -84,9 +93,12 @@ def test_gaussian_needs_two_images():
         acc.finalize(0.01)
 
 
-def test_concat_fusion_shapes():
-    out = ConcatFusion()(torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4, 4), torch.randn(2, 5, 2, 2))
-    assert out.shape == (2, 12, 4, 4)
+def test_layer_concat_uses_the_finest_selected_grid():
+    feats = [torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4, 4), torch.randn(2, 5, 2, 2)]
+    assert LayerConcat((1, 2, 3))(feats).shape == (2, 12, 8, 8)
+    assert LayerConcat((2, 3))(feats).shape == (2, 9, 4, 4)
+    plain = LayerConcat((2,), pool_size=1)(feats)
+    assert torch.equal(plain, feats[1])
 
 
 def test_select_dims_is_seeded_and_sorted():

@@ -1,0 +1,94 @@
+"""Fit + evaluate the ablation rows of one category and print a markdown table.
+
+    .venv/bin/python benchmarks/ablation.py --data ../shared/data/mvtec_ad/bottle --category bottle \
+        --rows nns,gaussian,nns_x_gaussian --out runs/ablation_bottle.json
+
+Each row is the default config with the overrides in ``model.config.ABLATIONS``. Fit time
+is wall time on this machine; latency is the model path per image at batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.config import ABLATIONS, FitConfig  # noqa: E402
+from model.evaluate import evaluate  # noqa: E402
+from model.fit import fit, list_images  # noqa: E402
+from model.imageio import read_image  # noqa: E402
+from model.inspector import Inspector  # noqa: E402
+
+
+def batch1_latency(inspector: Inspector, files: list[Path], repeats: int = 1) -> dict[str, float]:
+    """Mean per-stage ms at batch 1 over ``files`` (decoded beforehand; decode not included)."""
+    images = [read_image(str(f)) for f in files]
+    inspector.inspect(images[:1])  # warm-up
+    stages: dict[str, list[float]] = {}
+    totals = []
+    for _ in range(repeats):
+        for im in images:
+            t = time.perf_counter()
+            res = inspector.inspect([im])[0]
+            totals.append((time.perf_counter() - t) * 1000)
+            for k, v in res.timings_ms.items():
+                stages.setdefault(k, []).append(v)
+    out = {k: round(float(np.mean(v)), 2) for k, v in stages.items()}
+    out["total_p50"] = round(float(np.percentile(totals, 50)), 2)
+    out["total_p95"] = round(float(np.percentile(totals, 95)), 2)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True)
+    p.add_argument("--category", required=True)
+    p.add_argument("--rows", default=",".join(ABLATIONS))
+    p.add_argument("--artifacts", default="runs/ablation_artifacts")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--latency-images", type=int, default=20)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    rows = []
+    test_files = sorted((Path(args.data) / "test").glob("*/*"))[:: 4][: args.latency_images]
+    for name in args.rows.split(","):
+        config = FitConfig().with_overrides(ABLATIONS[name])
+        report = fit(args.data, f"{args.category}-{name}", args.artifacts, config)
+        inspector = Inspector.from_artifact(report.artifact)
+        ev = evaluate(inspector, args.data)
+        row = {
+            "row": name,
+            "image_auroc": ev["image_auroc"],
+            "pixel_auroc": ev["pixel_auroc"],
+            "au_pro": ev["au_pro"],
+            "image_f1": ev["image_f1"],
+            "fit_seconds": report.seconds,
+            "artifact_mb": round(report.artifact_bytes / 1e6, 1),
+            "bank_size": report.bank_size,
+            "latency_ms_batch1": batch1_latency(inspector, test_files),
+            "per_defect": ev["per_defect"],
+        }
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("row", "image_auroc", "pixel_auroc", "au_pro")}), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=2))
+    print("| row | image AUROC | pixel AUROC | AU-PRO | fit s | artifact MB | latency ms (b=1, p50) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        print(f"| {r['row']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | {fmt(r['au_pro'])} | "
+              f"{r['fit_seconds']['total']:.1f} | {r['artifact_mb']} | {r['latency_ms_batch1']['total_p50']} |")
+
+
+if __name__ == "__main__":
+    main()
