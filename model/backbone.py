@@ -106,13 +106,26 @@ def load_classifier_weights(arch: str, weights: str) -> dict[str, torch.Tensor]:
     return map_by_position(state, full.state_dict())
 
 
+def build_feature_net(arch: str, out_indices: tuple[int, ...]) -> nn.Module:
+    """timm ``features_only`` network, truncated after the deepest requested stage.
+
+    timm's EfficientNet feature class keeps every stage even when only early ones are
+    returned; dropping the unused ones saves most of the compute at stride 4/8.
+    """
+    net = timm.create_model(arch, pretrained=False, features_only=True, out_indices=out_indices)
+    stage_idx = getattr(net, "_stage_out_idx", None)
+    if stage_idx and isinstance(getattr(net, "blocks", None), nn.Sequential):
+        net.blocks = net.blocks[: max(stage_idx) + 1]
+    return net
+
+
 def create_feature_extractor(arch: str, out_indices: tuple[int, ...], weights: str) -> nn.Module:
     """A timm ``features_only`` network returning the feature maps at ``out_indices``.
 
     ``weights`` is a source string (see module doc). Loading is strict: every tensor of
     the feature network must come from the source.
     """
-    net = timm.create_model(arch, pretrained=False, features_only=True, out_indices=out_indices)
+    net = build_feature_net(arch, out_indices)
     if weights == "random":
         return net
     state = load_classifier_weights(arch, weights)

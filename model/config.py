@@ -15,8 +15,9 @@ from typing import Any
 @dataclass
 class BackboneConfig:
     arch: str = "tf_efficientnet_lite2"
-    # Indices into timm's feature list: strides 4, 8, 16 ("layers 1-3" in the paper).
-    out_indices: tuple[int, int, int] = (1, 2, 3)
+    # Indices into timm's feature list: 1, 2 = strides 4, 8 ("layers 1-2"). The paper's
+    # wiring also uses layer 3 (stride 16): (1, 2, 3). Later stages are not computed.
+    out_indices: tuple[int, ...] = (1, 2)
     weights: str = "embedded"  # embedded | timm | random | <path to .safetensors/.pth>
 
 
@@ -27,7 +28,7 @@ class NNSConfig:
     # (2, 3); (1, 2) at stride 4 localises better on our data (BENCHMARKS.md).
     layers: tuple[int, ...] = (1, 2)
     pool_size: int = 3  # local neighbourhood average pooling
-    coreset_ratio: float = 0.005
+    coreset_ratio: float = 0.0025
     projection_dim: int = 32  # random projection used only for coreset selection
     # Patches beyond this are randomly subsampled before the greedy selection, which
     # keeps coreset time bounded for large training sets (each step is linear in it).

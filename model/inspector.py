@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import timm
 import torch
 from torch import nn
 
 from model.artifact import Artifact, load_artifact
-from model.backbone import frozen
+from model.backbone import build_feature_net, frozen
 from model.calibration import Thresholds
 from model.config import FitConfig
 from model.features import FeaturePath, assemble
@@ -56,11 +55,6 @@ class Branches:
         return [(n, m) for n, m in (("nns", self.nns), ("gaussian", self.gaussian)) if m is not None]
 
 
-def build_backbone(config: FitConfig) -> nn.Module:
-    """The feature network's architecture (weights loaded separately)."""
-    return timm.create_model(
-        config.backbone.arch, pretrained=False, features_only=True, out_indices=config.backbone.out_indices
-    )
 
 
 def normalization(backbone: nn.Module) -> tuple[list[float], list[float]]:
@@ -122,7 +116,7 @@ class Inspector:
         m = artifact.manifest
         config = FitConfig.from_dict(m["config"])
         t = artifact.tensors
-        backbone = build_backbone(config)
+        backbone = build_feature_net(config.backbone.arch, config.backbone.out_indices)
         backbone.load_state_dict(t["backbone"], strict=True)
         dims = t["gaussian"]["dims"] if "gaussian" in t else torch.arange(1)
         features = assemble(backbone, config, dims)
