@@ -15,20 +15,20 @@ from typing import Any
 @dataclass
 class BackboneConfig:
     arch: str = "tf_efficientnet_lite2"
-    # Indices into timm's feature list: 1, 2 = strides 4, 8 ("layers 1-2"). The paper's
-    # wiring also uses layer 3 (stride 16): (1, 2, 3). Later stages are not computed.
-    out_indices: tuple[int, ...] = (1, 2)
+    # Indices into timm's feature list: strides 4, 8, 16 ("layers 1-3" in the paper).
+    # Stages after the deepest one listed are not computed.
+    out_indices: tuple[int, ...] = (1, 2, 3)
     weights: str = "embedded"  # embedded | timm | random | <path to .safetensors/.pth>
 
 
 @dataclass
 class NNSConfig:
     enabled: bool = True
-    # 1-based positions in backbone.out_indices, on the finest one's grid. The paper uses
-    # (2, 3); (1, 2) at stride 4 localises better on our data (BENCHMARKS.md).
-    layers: tuple[int, ...] = (1, 2)
+    # 1-based positions in backbone.out_indices, concatenated on the finest one's grid:
+    # (2, 3) is the paper's wiring (stride 8).
+    layers: tuple[int, ...] = (2, 3)
     pool_size: int = 3  # local neighbourhood average pooling
-    coreset_ratio: float = 0.0025
+    coreset_ratio: float = 0.01
     projection_dim: int = 32  # random projection used only for coreset selection
     # Patches beyond this are randomly subsampled before the greedy selection, which
     # keeps coreset time bounded for large training sets (each step is linear in it).
@@ -38,7 +38,9 @@ class NNSConfig:
 @dataclass
 class GaussianConfig:
     enabled: bool = True
-    layers: tuple[int, ...] = (1, 2)  # as NNSConfig.layers; the paper uses (1, 2, 3)
+    # As NNSConfig.layers. The paper feeds (1, 2, 3) through CaiT; without CaiT weights,
+    # layers 1+2 at stride 4 localise best on our data (BENCHMARKS.md).
+    layers: tuple[int, ...] = (1, 2)
     pool_size: int = 3
     dims: int = 72  # randomly selected feature dims (all 72 of layers 1+2 for EfficientNet-Lite2)
     reg: float = 0.01  # lambda * I added to every covariance

@@ -206,7 +206,7 @@ def test_real_bottle_subset_end_to_end(tmp_path):
                 os.symlink(src / "ground_truth" / defect / m, data / "ground_truth" / defect / m)
     report = fit(data, "bottle", tmp_path / "arts", tiny_config(**{
         "image_size": 256, "backbone.arch": "tf_efficientnet_lite2", "backbone.weights": "embedded",
-        "gaussian.dims": 72, "nns.coreset_ratio": 0.0025}))
+        "gaussian.dims": 72, "nns.coreset_ratio": 0.01}))
     result = evaluate(Inspector.from_artifact(report.artifact), data)
     assert result["image_auroc"] >= 0.95
     assert result["pixel_auroc"] >= 0.9
