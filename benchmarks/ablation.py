@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.config import ABLATIONS, FitConfig  # noqa: E402
 from model.evaluate import evaluate  # noqa: E402
-from model.fit import fit, list_images  # noqa: E402
+from model.fit import fit  # noqa: E402
 from model.imageio import read_image  # noqa: E402
 from model.inspector import Inspector  # noqa: E402
 

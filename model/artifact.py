@@ -100,8 +100,10 @@ def write_artifact(
         full["files"] = files
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False, allow_nan=False))
         for f in tmp.iterdir():
+            os.chmod(f, 0o644)  # readable by a non-root server (read-only container mount)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         _fsync_dir(tmp)
         final = versions / full["artifact_id"]
         if final.exists():

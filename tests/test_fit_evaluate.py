@@ -38,6 +38,7 @@ def test_artifact_has_manifest_hashes_and_no_pickle(tiny_artifacts):
     assert manifest["calibration"]["thresholds"]["image"] > 0
     assert len(manifest["training"]["fingerprint"]) == 64
     assert path.is_symlink()  # published by an atomic symlink swap
+    assert all(p.stat().st_mode & 0o004 for p in [path.resolve(), *path.iterdir()])  # world-readable
 
 
 def test_tampered_or_incomplete_artifact_is_refused(tiny_artifacts, tmp_path):
