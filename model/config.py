@@ -44,6 +44,9 @@ class GaussianConfig:
     pool_size: int = 3
     dims: int = 72  # randomly selected feature dims (all 72 of layers 1+2 for EfficientNet-Lite2)
     reg: float = 0.01  # lambda * I added to every covariance
+    # Each position's Gaussian also learns from neighbours up to this many grid cells away,
+    # so parts that are not fixtured (shifted) stay in distribution.
+    shift_tolerance: int = 0
 
 
 @dataclass

@@ -132,7 +132,7 @@ def extract(
     features: FeaturePath, files: Sequence[Path], config: FitConfig, mean, std, device, progress: ProgressFactory
 ) -> tuple[torch.Tensor, GaussianAccumulator]:
     """NNS patches ``[N*h*w, Cn]`` (on CPU) and the Gaussian moments of ``files``."""
-    patches, acc = [], GaussianAccumulator()
+    patches, acc = [], GaussianAccumulator(config.gaussian.shift_tolerance)
     bar = progress("features", len(files))
     for images in batches(files, config.batch_size):
         x = preprocess(images, config.image_size, mean, std).to(device)

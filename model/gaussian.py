@@ -9,21 +9,31 @@ errors with this torch build).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class GaussianAccumulator:
-    """Running first and second moments per position over ``[B, D, h, w]`` batches (float64)."""
+    """Running first and second moments per position over ``[B, D, h, w]`` batches (float64).
 
-    def __init__(self) -> None:
+    With a shift tolerance r, every position also takes the samples of its neighbours up
+    to r cells away (edges replicated), so the model accepts parts that move by that
+    much. Summing shifted copies of the data equals box-filtering the moment fields, so
+    this is done once in ``finalize`` and costs nothing per image.
+    """
+
+    def __init__(self, shift_tolerance: int = 0) -> None:
+        self.shift_tolerance = shift_tolerance
         self.n = 0
-        self.sum: torch.Tensor | None = None
-        self.outer: torch.Tensor | None = None
+        self.grid: tuple[int, int] | None = None
+        self.sum: torch.Tensor | None = None  # [P, D]
+        self.outer: torch.Tensor | None = None  # [P, D, D]
 
     def update(self, features: torch.Tensor) -> None:
-        x = features.detach().double().flatten(2).permute(2, 0, 1)  # [P, B, D]
+        x = features.detach().double().flatten(2).permute(2, 0, 1).contiguous()  # [P, B, D]
         if self.sum is None:
             p, _, d = x.shape
+            self.grid = tuple(features.shape[-2:])
             self.sum = torch.zeros(p, d, dtype=torch.float64, device=x.device)
             self.outer = torch.zeros(p, d, d, dtype=torch.float64, device=x.device)
         self.sum += x.sum(1)
@@ -32,14 +42,40 @@ class GaussianAccumulator:
 
     def finalize(self, reg: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``[P, D]`` and inverse of (unbiased covariance + ``reg`` I) ``[P, D, D]``, float32."""
-        if self.n < 2 or self.sum is None or self.outer is None:
+        if self.n < 2 or self.sum is None or self.outer is None or self.grid is None:
             raise ValueError("the Gaussian needs at least 2 training images")
-        mean = self.sum / self.n
-        cov = (self.outer - self.n * mean.unsqueeze(2) * mean.unsqueeze(1)) / (self.n - 1)
+        total, outer, n = self.sum, self.outer, self.n
+        if self.shift_tolerance > 0:
+            total = neighbourhood_sum(total, self.grid, self.shift_tolerance)
+            outer = neighbourhood_sum(outer.flatten(1), self.grid, self.shift_tolerance).view_as(outer)
+            n *= (2 * self.shift_tolerance + 1) ** 2
+        mean = total / n
+        cov = (outer - n * mean.unsqueeze(2) * mean.unsqueeze(1)) / (n - 1)
         cov += reg * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
         chol = torch.linalg.cholesky(cov)
         inv = torch.cholesky_inverse(chol)
         return mean.float(), inv.float()
+
+
+def neighbourhood_sum(field: torch.Tensor, grid: tuple[int, int], r: int) -> torch.Tensor:
+    """Sum of ``field [P, K]`` (P = h*w positions) over each position's (2r+1)^2 neighbours, edges replicated."""
+    h, w = grid
+    maps = field.T.reshape(1, -1, h, w)
+    padded = F.pad(maps, (r, r, r, r), mode="replicate")
+    summed = F.avg_pool2d(padded, 2 * r + 1, stride=1) * (2 * r + 1) ** 2
+    return summed.reshape(field.shape[1], h * w).T.contiguous()
+
+
+def neighbourhood_shifts(x: torch.Tensor, r: int):
+    """The ``(2r+1)^2`` copies of ``x [B, D, h, w]`` shifted by up to ``r`` cells (edges replicated).
+
+    The explicit form of what ``neighbourhood_sum`` computes; used by tests.
+    """
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (r, r, r, r), mode="replicate")
+    for dy in range(2 * r + 1):
+        for dx in range(2 * r + 1):
+            yield padded[:, :, dy : dy + h, dx : dx + w]
 
 
 class GaussianModel(nn.Module):

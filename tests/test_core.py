@@ -7,7 +7,7 @@ import torch
 from model.calibration import best_f1_threshold, calibrate_on_good, far_threshold
 from model.coreset import greedy_coreset
 from model.features import LayerConcat, select_dims
-from model.gaussian import GaussianAccumulator, GaussianModel
+from model.gaussian import GaussianAccumulator, GaussianModel, neighbourhood_shifts
 from model.memory_bank import MemoryBank
 from model.postprocess import AnomalyMapCombiner, find_regions, gaussian_kernel1d, image_scores, normalized_score
 
@@ -84,6 +84,39 @@ def test_gaussian_round_trips_through_packed_triangles():
     packed = model.tensors()["inv_cov_triu"]
     assert packed.shape == (3, 15)
     assert torch.equal(GaussianModel.from_tensors(model.tensors()).inv_cov, sym)
+
+
+def test_shift_tolerance_accepts_a_moved_part():
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randn(30, 2, 8, 8, generator=gen) * 0.1
+    train[:, :, 3, 3] += 5.0  # a feature that always sits at cell (3, 3)
+    test = torch.randn(1, 2, 8, 8, generator=gen) * 0.1
+    test[:, :, 3, 4] += 5.0  # the part moved by one cell
+    dist = {}
+    for r in (0, 1):
+        acc = GaussianAccumulator(shift_tolerance=r)
+        acc.update(train)
+        dist[r] = GaussianModel(*acc.finalize(0.01))(test).max().item()
+    assert dist[1] < dist[0] / 5
+
+
+def test_shift_tolerance_equals_training_on_shifted_copies():
+    x = torch.randn(6, 3, 5, 7, generator=torch.Generator().manual_seed(1))
+    fast = GaussianAccumulator(shift_tolerance=2)
+    fast.update(x)
+    explicit = GaussianAccumulator()
+    for shifted in neighbourhood_shifts(x, 2):
+        explicit.update(shifted)
+    for a, b in zip(fast.finalize(0.01), explicit.finalize(0.01), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_neighbourhood_shifts_count_and_edges():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    shifts = list(neighbourhood_shifts(x, 1))
+    assert len(shifts) == 9 and all(s.shape == x.shape for s in shifts)
+    assert torch.equal(shifts[4], x)  # the centre is the unshifted map
+    assert torch.equal(shifts[0][0, 0, 0], torch.tensor([0.0, 0.0, 1.0, 2.0]))  # replicated edge
 
 
 def test_gaussian_needs_two_images():
