@@ -49,6 +49,16 @@ def tiny_artifacts(tmp_path_factory, tiny_data) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's own work: on a small shared machine two
+    spinning threads are slower than one next to a server's threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_category(*parts: str) -> Path:
     """A category folder under ../shared/data, or skip with a clear message when it is absent."""
     path = SHARED_DATA.joinpath(*parts)

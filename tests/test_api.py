@@ -113,15 +113,8 @@ def post_file(client: TestClient, category: str, data: bytes, **params):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread in this module's own torch work (fits, library scoring): the test
-    machine is small and shared, where two spinning threads are slower than one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """This module's torch work (fits, library scoring) runs on one thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,8 @@ RGB = Image.fromarray(RNG.integers(0, 256, (64, 96, 3), dtype=np.uint8))  # 96 w
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread for this module's torch work (the shared test machine is small)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """This module's torch work (fits, library scoring) runs on one thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -50,14 +50,6 @@ class Server:
     proc: subprocess.Popen
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
