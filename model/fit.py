@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
-import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +28,7 @@ from model.coreset import greedy_coreset
 from model.features import FeaturePath, assemble, gaussian_channels, select_dims
 from model.gaussian import GaussianAccumulator, GaussianModel
 from model.imageio import preprocess, read_image
-from model.inspector import Branches, Inspector, normalization
+from model.inspector import Branches, Inspector, Timer, normalization
 from model.memory_bank import MemoryBank, flatten_patches
 from model.postprocess import image_scores
 
@@ -107,17 +105,6 @@ def batches(files: Sequence[Path], size: int) -> Iterator[list[np.ndarray]]:
         yield [read_image(str(f)) for f in files[start : start + size]]
 
 
-class _Stopwatch:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        start = time.perf_counter()
-        yield
-        self.seconds[name] = round(time.perf_counter() - start, 3)
-
-
 def build_feature_path(config: FitConfig) -> tuple[FeaturePath, list[float], list[float]]:
     """Backbone with its pretrained weights, fusion and Gaussian dim selection."""
     bb = config.backbone
@@ -191,28 +178,28 @@ def fit(
     validate_category(category)
     config = config or FitConfig()
     torch.manual_seed(config.seed)
-    watch = _Stopwatch()
+    watch = Timer(torch.device(device))
     files = list_images(Path(data) / "train" / "good")
     fit_files, hold_files = split_holdout(files, config)
     log.info("fitting %s on %d images, %d held out", category, len(fit_files), len(hold_files))
 
-    with watch("backbone"):
+    with watch.stage("backbone"):
         features, mean, std = build_feature_path(config)
         features = features.eval().to(device)
-    with watch("features"):
+    with watch.stage("features"):
         patches, acc = extract(features, fit_files, config, mean, std, device, progress)
     bank = None
     if config.nns.enabled:
-        with watch("coreset"):
+        with watch.stage("coreset"):
             bank = build_memory_bank(patches, config, progress)
     gaussian = None
     if config.gaussian.enabled:
-        with watch("gaussian"):
+        with watch.stage("gaussian"):
             gaussian = GaussianModel(*acc.finalize(config.gaussian.reg))
     del acc
 
     inspector = Inspector(config, features, Branches(bank, gaussian), None, mean, std, device)
-    with watch("calibrate"):
+    with watch.stage("calibrate"):
         maps = held_out_maps(inspector, hold_files, progress)
         scores = image_scores(torch.from_numpy(maps)).numpy()
         cal = config.calibration
@@ -244,12 +231,12 @@ def fit(
             "device": device,
             "n_patches": int(patches.shape[0]) if config.nns.enabled else 0,
             "bank_size": int(bank.bank.shape[0]) if bank is not None else 0,
-            "seconds": dict(watch.seconds),
+            "seconds": {k: round(v / 1000, 3) for k, v in watch.ms.items()},
         },
     }
-    with watch("write"):
+    with watch.stage("write"):
         path = write_artifact(artifacts, category, manifest, tensors)
-    seconds = dict(watch.seconds)
+    seconds = {k: round(v / 1000, 3) for k, v in watch.ms.items()}
     seconds["total"] = round(sum(seconds.values()), 3)
     report = FitReport(
         artifact=path,
