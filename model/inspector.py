@@ -26,6 +26,7 @@ from model.features import FeaturePath, assemble
 from model.gaussian import GaussianModel
 from model.imageio import preprocess
 from model.memory_bank import MemoryBank
+from model.onnx_runtime import OrtFeaturePath, check_runtime
 from model.postprocess import AnomalyMapCombiner, image_scores, normalized_score
 
 
@@ -94,14 +95,18 @@ class Inspector:
         std: Sequence[float],
         device: str | torch.device = "cpu",
         manifest: dict[str, Any] | None = None,
+        runtime: str = "torch",
     ) -> None:
+        """``runtime``: ``"torch"`` runs the feature path in torch; ``"onnxruntime"`` exports it
+        to ONNX (in memory) and runs it in an onnxruntime session (branches and AMC stay torch)."""
+        self.runtime = check_runtime(runtime)
         self.device = torch.device(device)
         if self.device.type == "cuda":
             # TF32 moves scores by ~3e-3 relative: evaluate (CPU) and serve (CUDA) must agree to 1e-4.
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         self.config = config
-        self.features = frozen(features).to(self.device)
+        self.features = self._feature_runner(frozen(features), config.image_size)
         self.branches = branches
         for _, module in branches.named():
             module.to(self.device)
@@ -110,8 +115,16 @@ class Inspector:
         self.mean, self.std = list(mean), list(std)
         self.manifest = manifest or {}
 
+    def _feature_runner(self, features: FeaturePath, image_size: int) -> FeaturePath | OrtFeaturePath:
+        """The callable ``image [B, 3, S, S] -> (nns, gauss)`` for ``self.runtime`` on ``self.device``."""
+        if self.runtime == "onnxruntime":
+            return OrtFeaturePath.from_module(features.cpu(), image_size, self.device)
+        return features.to(self.device)
+
     @classmethod
-    def from_artifact(cls, path: Path | str | Artifact, device: str | torch.device = "cpu") -> Inspector:
+    def from_artifact(cls, path: Path | str | Artifact, device: str | torch.device = "cpu",
+                      runtime: str = "torch") -> Inspector:
+        check_runtime(runtime)
         artifact = path if isinstance(path, Artifact) else load_artifact(path)
         m = artifact.manifest
         config = FitConfig.from_dict(m["config"])
@@ -127,7 +140,7 @@ class Inspector:
         th = m["calibration"]["thresholds"]
         thresholds = Thresholds(**th)
         return cls(config, features, branches, thresholds, m["normalization"]["mean"], m["normalization"]["std"],
-                   device, m)
+                   device, m, runtime=runtime)
 
     @property
     def artifact_id(self) -> str:

@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.settings import Settings
 
-    overrides = {"artifacts": args.artifacts, "device": args.device}
+    overrides = {"artifacts": args.artifacts, "device": args.device, "runtime": args.runtime}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", timeout_keep_alive=5)
     return 0
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    s.add_argument("--runtime", default=None, choices=["torch", "onnxruntime"],
+                   help="feature-path runtime (default: torch, or FACTORY_INSPECT_RUNTIME)")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="generate data (or use --data), fit, serve, inspect one image")

@@ -167,7 +167,7 @@ class Registry:
         path = self.root / name
         if not path.is_dir():
             raise ArtifactError(f"no artifact published for {name}")
-        inspector = Inspector.from_artifact(path, self.settings.device)
+        inspector = Inspector.from_artifact(path, self.settings.device, runtime=self.settings.runtime)
         if inspector.manifest.get("category") not in (None, name):
             log.warning("category %s serves an artifact fitted as %r", name, inspector.manifest.get("category"))
         if self.settings.device != "cuda":

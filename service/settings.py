@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     artifacts: Path = Field(Path("artifacts"), description="artifacts root; every <root>/<category> is served")
     device: Literal["cpu", "cuda"] = Field("cpu", description="torch device for inference")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="feature-path runtime: torch, or onnxruntime (exported to ONNX at load)"
+    )
 
     # Input limits
     max_body_bytes: int = Field(20_000_000, ge=1, description="largest request body, counted while it streams")
