@@ -109,6 +109,8 @@ def session_options(threads: int | None = None):
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle ORT threads spin by default and steal the cores from the torch stages that follow.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
