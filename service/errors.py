@@ -57,6 +57,9 @@ class PayloadTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body is over the {limit} byte limit")
 
 
+ERROR_CODE_HEADER = "X-Error-Code"  # also read by the metrics middleware (errors by code)
+
+
 def request_id_of(scope_or_request: Request | Mapping) -> str:
     """The id the request-context middleware gave this request ("-" before it ran)."""
     scope = scope_or_request.scope if isinstance(scope_or_request, Request) else scope_or_request
@@ -71,7 +74,7 @@ def error_response(
     status: int, code: str, message: str, request_id: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """A JSON error response in the house shape, with ``X-Request-ID`` set."""
-    all_headers = {REQUEST_ID_HEADER: request_id, **(headers or {})}
+    all_headers = {REQUEST_ID_HEADER: request_id, ERROR_CODE_HEADER: code, **(headers or {})}
     return JSONResponse(error_body(message, code, request_id), status_code=status, headers=all_headers)
 
 

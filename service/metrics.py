@@ -3,6 +3,7 @@
 Names (all unprefixed, as scraped):
 
 * ``inspect_requests_total{category,status}``: inspect requests by HTTP status
+* ``inspect_errors_total{category,code}``: inspect error responses by error code
 * ``inspect_images_total{category}``: images scored
 * ``inspect_verdicts_total{category,verdict}``: ``good`` / ``defect`` per image
 * ``inspect_request_duration_seconds{category}``: inspect request wall time (histogram)
@@ -34,6 +35,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter("inspect_requests", "Inspect requests by HTTP status.", ["category", "status"],
                                 registry=r)
+        self.errors = Counter("inspect_errors", "Inspect error responses by error code.", ["category", "code"],
+                              registry=r)
         self.images = Counter("inspect_images", "Images scored.", ["category"], registry=r)
         self.verdicts = Counter("inspect_verdicts", "Image verdicts.", ["category", "verdict"], registry=r)
         self.request_duration = Histogram("inspect_request_duration_seconds", "Inspect request wall time.",
@@ -49,8 +52,10 @@ class Metrics:
         self.reloads = Counter("inspect_reloads", "Category reloads.", ["category", "result"], registry=r)
         self.gpu_memory = Gauge("inspect_gpu_memory_bytes", "torch.cuda.memory_allocated().", registry=r)
 
-    def observe_request(self, category: str, status: int, seconds: float) -> None:
+    def observe_request(self, category: str, status: int, seconds: float, error_code: str | None = None) -> None:
         self.requests.labels(category=category, status=str(status)).inc()
+        if error_code:
+            self.errors.labels(category=category, code=error_code).inc()
         self.request_duration.labels(category=category).observe(seconds)
 
     def observe_stages(self, timings_ms: Mapping[str, float]) -> None:

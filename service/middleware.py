@@ -14,7 +14,7 @@ from collections.abc import Callable
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import REQUEST_ID_HEADER, PayloadTooLarge, error_response, internal_error_response
+from service.errors import ERROR_CODE_HEADER, REQUEST_ID_HEADER, PayloadTooLarge, error_response, internal_error_response
 from service.metrics import Metrics
 
 log = logging.getLogger("service.http")
@@ -61,12 +61,13 @@ class RequestContextMiddleware:
         state["t0"] = time.perf_counter()
         path: str = scope.get("path", "")
         label = self.category_label(path[len(INSPECT_PREFIX):]) if path.startswith(INSPECT_PREFIX) else None
-        status = {"code": 500, "started": False}
+        status = {"code": 500, "started": False, "error": None}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["started"] = message["status"], True
                 headers = MutableHeaders(scope=message)
+                status["error"] = headers.get(ERROR_CODE_HEADER)
                 if REQUEST_ID_HEADER not in headers:
                     headers[REQUEST_ID_HEADER] = rid
             await send(message)
@@ -84,7 +85,7 @@ class RequestContextMiddleware:
         finally:
             if label is not None:
                 self.metrics.in_flight.dec()
-                self.metrics.observe_request(label, status["code"], time.perf_counter() - state["t0"])
+                self.metrics.observe_request(label, status["code"], time.perf_counter() - state["t0"], status["error"])
 
 
 class BodyLimitMiddleware:

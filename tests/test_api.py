@@ -528,3 +528,9 @@ def test_settings_come_from_the_environment(monkeypatch, tmp_path):
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "from-env"
     assert "from-env" not in repr(settings)
     assert Settings(artifacts="elsewhere").artifacts == Path("elsewhere")  # arguments win
+
+
+def test_errors_are_counted_by_code(client):
+    client.post("/inspect/alpha", content=b"not an image", headers={"Content-Type": "image/png"})
+    text = client.get("/metrics").text
+    assert metric_value(text, "inspect_errors_total", category="alpha", code="invalid_image") >= 1

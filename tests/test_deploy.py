@@ -158,6 +158,8 @@ def metrics_text(tiny_artifacts, tiny_data) -> str:
         assert r.status_code == 200, r.text
         r = client.post("/categories/alpha/reload", headers={"Authorization": "Bearer deploy-test"})
         assert r.status_code == 200, r.text  # so inspect_reloads_total{category,result} is exported too
+        r = client.post("/inspect/alpha", content=b"not an image", headers={"Content-Type": "image/png"})
+        assert r.status_code == 400, r.text  # so inspect_errors_total{category,code} is exported too
         return client.get("/metrics").text
 
 

@@ -97,7 +97,11 @@ async def inspect_images(
     rid = request_id_of(request)
     t0 = request.state.t0
     started = time.perf_counter()
-    uploads = await read_uploads(request, settings.max_images_per_request)
+    try:  # the deadline covers the upload too: a slow sender cannot hold a connection forever
+        uploads = await asyncio.wait_for(read_uploads(request, settings.max_images_per_request),
+                                         timeout=settings.request_timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(504, "deadline_exceeded", "request deadline exceeded while reading the body") from None
     read_ms = (time.perf_counter() - started) * 1000.0
     if not category.batcher.has_room(len(uploads.items)):  # fail fast, before decoding
         raise _overloaded(category, settings.retry_after_s)
