@@ -116,6 +116,7 @@ def evaluate(
     wall = time.perf_counter() - wall
     labels = np.array([s.label for s in samples])
     thresholds = inspector.thresholds
+    image_counts = metrics.binary_counts(scores, labels, thresholds.image)
     report: dict[str, Any] = {
         "category": inspector.manifest.get("category"),
         "artifact_id": inspector.artifact_id,
@@ -125,8 +126,8 @@ def evaluate(
         "crop": "none",
         "device": str(inspector.device),
         **_metric_block(scores, labels, maps, masks),
-        "image_f1": metrics.binary_counts(scores, labels, thresholds.image)["f1"],
-        "image_counts": metrics.binary_counts(scores, labels, thresholds.image),
+        "image_f1": image_counts["f1"],
+        "image_counts": image_counts,
         "pixel_f1": (
             metrics.binary_counts(maps.ravel(), masks.ravel(), thresholds.pixel)["f1"]
             if maps is not None and masks is not None
