@@ -19,7 +19,8 @@ MAX_EXAMPLES=${2:-50}
 MAX_TIME=${3:-240}
 RELIDX=${RELIDX:-/tmp/relidx}
 PY=${PY:-.venv/bin/python}
-OUT=runs/reliability_fuzz_api
+OUT=${OUT:-runs/reliability_fuzz_api}
+mkdir -p "$(dirname "$OUT")"
 PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 BASE=http://127.0.0.1:$PORT
 

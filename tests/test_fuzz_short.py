@@ -1,0 +1,33 @@
+"""Short, bounded runs of the two fuzzers (the long runs are scripts; figures in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def test_decoder_survives_a_short_coverage_guided_fuzz(tmp_path):
+    pytest.importorskip("atheris")
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/fuzz_decode.py", "-max_total_time=15", f"-artifact_prefix={tmp_path}/",
+         str(tmp_path / "corpus")],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not list(tmp_path.glob("crash-*"))
+
+
+def test_api_survives_a_short_schema_fuzz(tiny_artifacts, tmp_path):
+    pytest.importorskip("schemathesis")
+    env = {**os.environ, "RELIDX": "", "PY": sys.executable, "OUT": str(tmp_path / "fuzz_api")}
+    proc = subprocess.run(
+        ["bash", "benchmarks/fuzz_api.sh", str(tiny_artifacts), "10", "20"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "schemathesis exit 0" in proc.stdout
