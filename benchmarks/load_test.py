@@ -19,12 +19,8 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import random
 import re
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
@@ -35,14 +31,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from server_load import server  # noqa: E402  (benchmarks/: start serve, wait for /readyz, stop)
 
 MAX_BODY = 1_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_root() -> Path:
@@ -151,34 +144,11 @@ def main() -> int:
     p.add_argument("--out", default="runs/reliability_load.json")
     args = p.parse_args()
     root = Path(args.artifacts) if args.artifacts else tiny_root()
-    port = free_port()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FACTORY_INSPECT_MAX_BODY_BYTES": str(MAX_BODY)}
-    log = open(out.with_suffix(".server.log"), "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--threads", str(args.threads), "serve",
-                             "--artifacts", str(root), "--port", str(port)], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server did not start; see {log.name}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
+    settings = {"max_body_bytes": str(MAX_BODY)}
+    with server(root, args.threads, "cpu", settings, out.with_suffix(".server.log")) as (proc, base):
         report = asyncio.run(main_async(args, base, proc.pid))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
     out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     ok = report["in_flight_end"] == 0 and not report["valid_errors"]
