@@ -30,24 +30,10 @@ from model.imageio import read_image  # noqa: E402
 from model.inspector import Inspector  # noqa: E402
 from model.synthetic import generate_category  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency import time_batches  # noqa: E402  (benchmarks/latency.py: warm-up, timed calls, p50s)
+
 STAGES = ("preprocess", "features", "nns", "gaussian", "amc", "postprocess")
-
-
-def time_batches(inspector: Inspector, images: list[np.ndarray], batch: int, seconds: float) -> dict:
-    """Repeat ``batch``-image calls for about ``seconds`` (at least 3, after one warm-up): p50s."""
-    pool = (images * (batch // len(images) + 1))[:batch]
-    inspector.inspect(pool)  # warm-up
-    totals, stages = [], {}
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(totals) < 3:
-        t = time.perf_counter()
-        res = inspector.inspect(pool)
-        totals.append((time.perf_counter() - t) * 1000)
-        for k, v in res[0].timings_ms.items():
-            stages.setdefault(k, []).append(v)
-    p50 = float(np.median(totals))
-    return {"batch": batch, "calls": len(totals), "ms_p50": p50, "images_per_s": batch * 1000 / p50,
-            "stages": {k: float(np.median(v)) for k, v in stages.items()}}
 
 
 def parity(a: Inspector, b: Inspector, images: list[np.ndarray]) -> tuple[float, float]:
@@ -81,8 +67,8 @@ def markdown(rows: list[tuple[str, dict]], batches: list[int]) -> str:
     for runtime, by_batch in rows:
         one = by_batch.get(1)
         cells = [runtime]
-        cells += [f"{one['stages'].get(s, float('nan')):.1f}" if one else "-" for s in STAGES]
-        cells += [f"{one['ms_p50']:.1f}" if one else "-"]
+        cells += [f"{one['stage_ms_p50'].get(s, float('nan')):.1f}" if one else "-" for s in STAGES]
+        cells += [f"{one['ms_per_call_p50']:.1f}" if one else "-"]
         cells += [f"{by_batch[b]['images_per_s']:.2f}" for b in big]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
