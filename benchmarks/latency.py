@@ -31,7 +31,10 @@ from model.synthetic import generate_category  # noqa: E402
 
 
 def time_batches(inspector: Inspector, images: list[np.ndarray], batch: int, seconds: float) -> dict:
-    """Repeat batches of ``batch`` images for about ``seconds`` (3 warm-ups, at least 5 calls): p50/p95 per call, stage p50s."""
+    """Repeat batches of ``batch`` images for about ``seconds`` (3 warm-ups, at least 5 calls).
+
+    Returns p50/p95 ms per call, images/s at p50 and each stage's p50.
+    """
     pool = (images * (batch // len(images) + 1))[:batch]
     for _ in range(3):
         inspector.inspect(pool)  # warm-up (allocator, cuDNN autotune)
