@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.backbone import build_feature_net
 from model.config import FitConfig
 
 
@@ -85,3 +86,11 @@ def select_dims(total: int, wanted: int, seed: int) -> torch.Tensor:
         return torch.arange(total)
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(total, generator=gen)[:wanted].sort().values
+
+
+def feature_path_from_tensors(config: FitConfig, tensors: dict[str, dict[str, torch.Tensor]]) -> FeaturePath:
+    """Rebuild the fitted feature path from an artifact's tensors (no weight source needed)."""
+    backbone = build_feature_net(config.backbone.arch, config.backbone.out_indices)
+    backbone.load_state_dict(tensors["backbone"], strict=True)
+    dims = tensors["gaussian"]["dims"] if "gaussian" in tensors else torch.arange(1)
+    return assemble(backbone, config, dims)

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from model.artifact import Artifact, load_artifact
-from model.backbone import build_feature_net, frozen
+from model.backbone import frozen
 from model.calibration import Thresholds
 from model.config import FitConfig
-from model.features import FeaturePath, assemble
+from model.features import FeaturePath, feature_path_from_tensors
 from model.gaussian import GaussianModel
 from model.imageio import preprocess
 from model.memory_bank import MemoryBank
@@ -54,8 +54,6 @@ class Branches:
 
     def named(self) -> list[tuple[str, nn.Module]]:
         return [(n, m) for n, m in (("nns", self.nns), ("gaussian", self.gaussian)) if m is not None]
-
-
 
 
 def normalization(backbone: nn.Module) -> tuple[list[float], list[float]]:
@@ -129,10 +127,7 @@ class Inspector:
         m = artifact.manifest
         config = FitConfig.from_dict(m["config"])
         t = artifact.tensors
-        backbone = build_feature_net(config.backbone.arch, config.backbone.out_indices)
-        backbone.load_state_dict(t["backbone"], strict=True)
-        dims = t["gaussian"]["dims"] if "gaussian" in t else torch.arange(1)
-        features = assemble(backbone, config, dims)
+        features = feature_path_from_tensors(config, t)
         branches = Branches(
             nns=MemoryBank(t["memory_bank"]["bank"]) if "memory_bank" in t else None,
             gaussian=GaussianModel.from_tensors(t["gaussian"]) if "gaussian" in t else None,
