@@ -2,7 +2,9 @@
 
 ``decode_image`` turns encoded bytes into an RGB ``uint8`` array, checking the format
 and the pixel count from the header before anything is decoded. ``preprocess`` turns
-RGB arrays into the normalised model input ``[B, 3, S, S]``.
+RGB arrays into the normalised model input ``[B, 3, S, S]`` with OpenCV on the host;
+``preprocess_on_device`` does the same on the model's device (CUDA), uploading only the
+``uint8`` pixels and resizing with two matrix products that reproduce OpenCV's filters.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Sequence
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -87,10 +90,15 @@ def read_image(path: str) -> np.ndarray:
         return decode_image(fh.read())
 
 
+def uses_area(height: int, width: int, size: int) -> bool:
+    """Whether an ``[height, width]`` image is resized to ``size`` by area (else bilinear)."""
+    return height >= size and width >= size
+
+
 def resize_rgb(image: np.ndarray, size: int) -> np.ndarray:
     """Resize RGB ``[H, W, 3]`` to ``[size, size, 3]`` (no crop: the border is inspected)."""
     h, w = image.shape[:2]
-    interp = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if uses_area(h, w, size) else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=interp)
 
 
@@ -100,6 +108,88 @@ def preprocess(
     """RGB ``uint8`` arrays of any sizes -> normalised float tensor ``[B, 3, size, size]``."""
     batch = np.stack([resize_rgb(im, size) for im in images])
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return normalize(x, mean, std)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel of ``x [B, 3, S, S]`` (values in [0, 1])."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+def resize_weights(src: int, dst: int, area: bool) -> np.ndarray:
+    """Resampling matrix ``[dst, src]`` (float64, rows sum to 1) of one axis, as OpenCV resizes.
+
+    ``area``: each output pixel averages the input span it covers, partial pixels weighted
+    by their covered fraction (``INTER_AREA`` when shrinking). Otherwise bilinear with
+    half-pixel centres and clamped edges (``INTER_LINEAR``).
+    """
+    scale = src / dst
+    out = np.arange(dst, dtype=np.float64)[:, None]
+    if area:
+        pixel = np.arange(src, dtype=np.float64)[None, :]
+        covered = np.minimum((out + 1) * scale, pixel + 1) - np.maximum(out * scale, pixel)
+        return np.clip(covered, 0.0, None) / scale
+    centre = (out[:, 0] + 0.5) * scale - 0.5
+    left = np.floor(centre).astype(np.int64)
+    frac = centre - left
+    frac[(left < 0) | (left >= src - 1)] = 0.0
+    left = np.clip(left, 0, src - 1)
+    right = np.minimum(left + 1, src - 1)
+    weights = np.zeros((dst, src))
+    rows = np.arange(dst)
+    np.add.at(weights, (rows, left), 1.0 - frac)
+    np.add.at(weights, (rows, right), frac)
+    return weights
+
+
+@lru_cache(maxsize=64)
+def _axis_weights(src: int, dst: int, area: bool, device: torch.device) -> torch.Tensor:
+    """``resize_weights`` as a float32 tensor on ``device``, cached per image size."""
+    return torch.from_numpy(resize_weights(src, dst, area)).float().to(device)
+
+
+def resize_on_device(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """``uint8`` images ``[B, H, W, 3]`` -> float grey levels ``[B, 3, size, size]`` on their device.
+
+    Two matrix products (columns, then rows) with OpenCV's weights, then rounding to whole
+    grey levels as OpenCV's ``uint8`` output does: equal to ``resize_rgb`` except for rare
+    off-by-one levels (float summation order; OpenCV's fixed-point bilinear arithmetic).
+    Needs full-precision float32 matmuls (TF32 off), which ``Inspector`` ensures.
+    """
+    b, h, w, _ = pixels.shape
+    area = uses_area(h, w, size)
+    x = torch.empty((b, 3, h, w), dtype=torch.float32, device=pixels.device)
+    x.copy_(pixels.permute(0, 3, 1, 2))
+    cols = torch.matmul(x, _axis_weights(w, size, area, pixels.device).T)  # [B, 3, H, S], one GEMM
+    wy = _axis_weights(h, size, area, pixels.device).expand(b * 3, size, h)  # shared, not copied
+    rows = torch.bmm(wy, cols.view(b * 3, h, size))  # [B*3, S, S]
+    return rows.view(b, 3, size, size).add_(0.5).floor_()
+
+
+def upload(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Same-shape RGB ``uint8`` arrays -> ``[B, H, W, 3]`` on ``device``, through pinned memory on CUDA."""
+    h, w, _ = images[0].shape
+    staging = torch.empty((len(images), h, w, 3), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    np.stack(images, out=staging.numpy())
+    return staging.to(device, non_blocking=True)
+
+
+def preprocess_on_device(
+    images: Sequence[np.ndarray], size: int, mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> torch.Tensor:
+    """``preprocess`` computed on ``device``: RGB ``uint8`` arrays -> ``[B, 3, size, size]`` there.
+
+    Images are grouped by shape; each group is uploaded in one copy and resized as a batch.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.shape, []).append(i)
+    if len(groups) == 1:
+        x = resize_on_device(upload(images, device), size)
+    else:
+        x = torch.empty((len(images), 3, size, size), dtype=torch.float32, device=device)
+        for idx in groups.values():
+            x[idx] = resize_on_device(upload([images[i] for i in idx], device), size)
+    return normalize(x.div_(255.0), mean, std)

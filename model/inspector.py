@@ -3,13 +3,19 @@
 ``Inspector.from_artifact(path, device)`` rebuilds the feature path, the scoring
 branches and the map combiner from an artifact; ``inspect(images)`` runs a batch of RGB
 images through them and returns one typed result per image.
+
+On CUDA (torch runtime) images are resized on the device, the backbone may run in bf16 or
+fp16 (``configure_execution``; fp32 by default, so served scores match CPU evaluation),
+and the model path from input to final map replays as one CUDA graph per batch size.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import time
-from collections.abc import Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +30,15 @@ from model.calibration import Thresholds
 from model.config import FitConfig
 from model.features import FeaturePath, feature_path_from_tensors
 from model.gaussian import GaussianModel
-from model.imageio import preprocess
+from model.imageio import preprocess, preprocess_on_device
 from model.memory_bank import MemoryBank
 from model.onnx_runtime import OrtFeaturePath, check_runtime
-from model.postprocess import AnomalyMapCombiner, image_scores, normalized_score
+from model.postprocess import AnomalyMapCombiner, normalized_score
+
+log = logging.getLogger(__name__)
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_GRAPH_BATCH = 64  # larger batches run eagerly: launch overhead is small next to their work
 
 
 @dataclass
@@ -80,6 +91,55 @@ class Timer:
         self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
 
 
+def check_precision(precision: str, device: torch.device, runtime: str) -> torch.dtype:
+    """The backbone dtype for ``precision``; reduced precision needs the torch runtime on CUDA."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)}")
+    if precision != "fp32" and (device.type != "cuda" or runtime != "torch"):
+        raise ValueError(f"precision {precision} needs the torch runtime on a CUDA device")
+    return PRECISIONS[precision]
+
+
+class GraphedMaps:
+    """CUDA-graph replays of ``fn: x [B, 3, S, S] -> maps [B, S, S]``, one graph per input
+    shape and dtype, captured at first use. All graphs share one memory pool: they replay
+    one at a time and each output is copied out before the next replay.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.fn = fn
+        self.pool = torch.cuda.graph_pool_handle()
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (tuple(x.shape), x.dtype)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(x)
+        graph, static_in, static_out = self.graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        """Warm up on a side stream (cuDNN autotuning, lazy init), then capture ``fn`` on ``x``'s shape."""
+        static_in = x.clone()
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.fn(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            static_out = self.fn(static_in)
+        log.info("captured a CUDA graph for input %s %s", tuple(x.shape), x.dtype)
+        return graph, static_in, static_out
+
+
+def _no_stage(name: str) -> AbstractContextManager:
+    return nullcontext()
+
+
 class Inspector:
     """Feature path + branches + AMC + thresholds, on one device."""
 
@@ -94,9 +154,12 @@ class Inspector:
         device: str | torch.device = "cpu",
         manifest: dict[str, Any] | None = None,
         runtime: str = "torch",
+        precision: str = "fp32",
+        cuda_graphs: bool = True,
     ) -> None:
         """``runtime``: ``"torch"`` runs the feature path in torch; ``"onnxruntime"`` exports it
-        to ONNX (in memory) and runs it in an onnxruntime session (branches and AMC stay torch)."""
+        to ONNX (in memory) and runs it in an onnxruntime session (branches and AMC stay torch).
+        ``precision`` and ``cuda_graphs``: see ``configure_execution``."""
         self.runtime = check_runtime(runtime)
         self.device = torch.device(device)
         if self.device.type == "cuda":
@@ -104,7 +167,7 @@ class Inspector:
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         self.config = config
-        self.features = self._feature_runner(frozen(features), config.image_size)
+        self._fp32_features = self._feature_runner(frozen(features), config.image_size)
         self.branches = branches
         for _, module in branches.named():
             module.to(self.device)
@@ -112,6 +175,28 @@ class Inspector:
         self.thresholds = thresholds
         self.mean, self.std = list(mean), list(std)
         self.manifest = manifest or {}
+        self.configure_execution(precision, cuda_graphs)
+
+    @property
+    def _cuda_torch(self) -> bool:
+        return self.device.type == "cuda" and self.runtime == "torch"
+
+    def configure_execution(self, precision: str = "fp32", cuda_graphs: bool = True,
+                            channels_last: bool = True) -> None:
+        """How the model path runs; only the torch runtime on CUDA has choices.
+
+        ``precision``: the backbone's dtype, ``fp32`` (default), ``bf16`` or ``fp16``; the
+        branches, AMC and maps stay float32. ``cuda_graphs``: replay the model path as CUDA
+        graphs (batches up to ``MAX_GRAPH_BATCH``). ``channels_last``: NHWC activations.
+        """
+        self.precision = precision
+        self.dtype = check_precision(precision, self.device, self.runtime)
+        self.memory_format = torch.channels_last if self._cuda_torch and channels_last else torch.preserve_format
+        features = self._fp32_features
+        if self.dtype != torch.float32 or self.memory_format == torch.channels_last:
+            features = copy.deepcopy(features).to(dtype=self.dtype, memory_format=self.memory_format)
+        self.features = features
+        self._graphs = GraphedMaps(self._model_path) if self._cuda_torch and cuda_graphs else None
 
     def _feature_runner(self, features: FeaturePath, image_size: int) -> FeaturePath | OrtFeaturePath:
         """The callable ``image [B, 3, S, S] -> (nns, gauss)`` for ``self.runtime`` on ``self.device``."""
@@ -143,17 +228,37 @@ class Inspector:
 
     @torch.inference_mode()
     def maps(self, x: torch.Tensor, timer: Timer | None = None) -> torch.Tensor:
-        """Normalised images ``[B, 3, S, S]`` -> final anomaly maps ``[B, S, S]``."""
+        """Normalised images ``[B, 3, S, S]`` -> final anomaly maps ``[B, S, S]`` (float32).
+
+        Stage times go to ``timer``: features, each branch and amc, or one ``model`` stage
+        when the path replays as a CUDA graph.
+        """
         timer = timer or Timer(self.device)
-        with timer.stage("features"):
-            nns_feats, gauss_feats = self.features(x.to(self.device))
+        x = x.to(self.device, self.dtype, memory_format=self.memory_format)
+        if self._graphs is not None and x.shape[0] <= MAX_GRAPH_BATCH:
+            with timer.stage("model"):
+                return self._graphs(x)
+        return self._model_path(x, timer.stage)
+
+    def _model_path(self, x: torch.Tensor,
+                    stage: Callable[[str], AbstractContextManager] = _no_stage) -> torch.Tensor:
+        """Model input ``[B, 3, S, S]`` on the device -> final maps ``[B, S, S]``; no host sync but ``stage``'s."""
+        with stage("features"):
+            nns_feats, gauss_feats = (f.float() for f in self.features(x))
         inputs = {"nns": nns_feats, "gaussian": gauss_feats}
         branch_maps = []
         for name, module in self.branches.named():
-            with timer.stage(name):
+            with stage(name):
                 branch_maps.append(module(inputs[name]))
-        with timer.stage("amc"):
+        with stage("amc"):
             return self.combiner(branch_maps)
+
+    def _preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """RGB ``uint8`` images -> model input ``[B, 3, S, S]``; resized on the device when it is CUDA."""
+        size = self.config.image_size
+        if self._cuda_torch:
+            return preprocess_on_device(images, size, self.mean, self.std, self.device)
+        return preprocess(images, size, self.mean, self.std)
 
     def inspect(self, images: Sequence[np.ndarray], threshold: float | None = None) -> list[InspectionResult]:
         """Score RGB ``uint8`` images ``[H, W, 3]`` (any sizes) as one batch.
@@ -166,11 +271,11 @@ class Inspector:
             return []
         timer = Timer(self.device)
         with timer.stage("preprocess"):
-            x = preprocess(images, self.config.image_size, self.mean, self.std)
+            x = self._preprocess(images)
         final = self.maps(x, timer)
         with timer.stage("postprocess"):
-            scores = image_scores(final).cpu().numpy().astype(np.float64)
-            maps = final.float().cpu().numpy()
+            maps = final.cpu().numpy()
+            scores = maps.reshape(len(maps), -1).max(axis=1).astype(np.float64)  # = image_scores, one copy
         t_img = self.thresholds.image if threshold is None else float(threshold)
         t_pix = self.thresholds.pixel
         timings = {k: round(v, 3) for k, v in timer.ms.items()}
