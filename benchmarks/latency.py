@@ -2,10 +2,14 @@
 
     .venv/bin/python benchmarks/latency.py --device cpu --threads 2 --images ../shared/data/mvtec_ad/bottle/test/good
     python3 benchmarks/latency.py --device cuda --weights random          # on a GPU machine
+    python3 benchmarks/latency.py --device cuda --weights random --variants fp32,fp32+eager,bf16,fp16
 
 The model is fitted first (on ``--data``, or a generated category when absent); speed does
 not depend on weight values, so ``--weights random`` is fine for timing. Images are decoded
 beforehand: the figures cover preprocess (resize + normalise) through the final map.
+
+On CUDA each ``--variants`` entry is a precision (fp32, bf16, fp16) with optional flags:
+``+eager`` (no CUDA graphs: per-stage times), ``+nchw`` (no channels_last).
 """
 
 from __future__ import annotations
@@ -57,6 +61,29 @@ def time_batches(inspector: Inspector, images: list[np.ndarray], batch: int, sec
     }
 
 
+def parse_variant(text: str) -> dict:
+    """``"bf16+eager+nchw"`` -> ``Inspector.configure_execution`` keyword arguments."""
+    precision, *flags = text.split("+")
+    unknown = set(flags) - {"eager", "nchw"}
+    if unknown:
+        raise SystemExit(f"unknown variant flags {sorted(unknown)} in {text!r}")
+    return {"precision": precision, "cuda_graphs": "eager" not in flags, "channels_last": "nchw" not in flags}
+
+
+def time_variant(inspector: Inspector, variant: str, images: list[np.ndarray], batches: list[int],
+                 seconds: float) -> dict:
+    """Rows of ``time_batches`` for one execution variant, with its peak GPU memory."""
+    inspector.configure_execution(**parse_variant(variant))
+    cuda = inspector.device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    out = {"variant": variant, "rows": [time_batches(inspector, images, b, seconds) for b in batches]}
+    if cuda:
+        out["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu")
@@ -67,10 +94,13 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     p.add_argument("--batch-sizes", default="1,8,32")
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--variants", default="fp32", help="comma-separated, e.g. fp32,fp32+eager,bf16 (see module doc)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN autotune its convolution algorithms")
     p.add_argument("--out")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     overrides = {"backbone.weights": args.weights}
     overrides.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)})
     config = FitConfig().with_overrides(overrides)
@@ -86,21 +116,33 @@ def main() -> None:
     else:
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (900, 900, 3), dtype=np.uint8) for _ in range(8)]
-    rows = [time_batches(inspector, images, int(b), args.seconds) for b in args.batch_sizes.split(",")]
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    variants = [time_variant(inspector, v, images, batches, args.seconds) for v in args.variants.split(",")]
     out = {
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
         "threads": args.threads,
         "config": overrides,
         "input": f"{images[0].shape[1]}x{images[0].shape[0]}",
         "fit_seconds": round(fit_s, 1),
-        "rows": rows,
+        "cudnn_benchmark": args.cudnn_benchmark,
+        "variants": variants,
     }
-    if args.device.startswith("cuda"):
-        out["gpu_peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 1e6, 1)
-    text = json.dumps(out, indent=2)
-    print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        Path(args.out).write_text(json.dumps(out, indent=2))
+    print(summary(out))
+
+
+def summary(out: dict) -> str:
+    """One line per variant and batch size: p50/p95 ms, images/s, stage p50s, peak memory."""
+    lines = [f"{out['device']}, input {out['input']}, cudnn.benchmark={out['cudnn_benchmark']}"]
+    for v in out["variants"]:
+        for r in v["rows"]:
+            stages = " ".join(f"{k}={ms}" for k, ms in r["stage_ms_p50"].items())
+            lines.append(f"{v['variant']:>14} b{r['batch']:<3} p50 {r['ms_per_call_p50']:8.3f} "
+                         f"p95 {r['ms_per_call_p95']:8.3f} ms {r['images_per_s']:8.1f} img/s | {stages}")
+        if "gpu_peak_memory_mb" in v:
+            lines.append(f"{v['variant']:>14} peak GPU memory {v['gpu_peak_memory_mb']} MB")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
