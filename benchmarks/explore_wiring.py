@@ -21,7 +21,8 @@ from model.imageio import preprocess, read_image
 from model.fit import list_images, split_holdout
 from model.config import FitConfig
 from model.evaluate import list_test_set, read_mask
-from model.features import resize_to, select_dims
+from model.features import select_dims  # noqa: E402
+from model.fusion import resize_to
 from model.coreset import greedy_coreset
 from model.memory_bank import MemoryBank, flatten_patches
 from model.gaussian import GaussianAccumulator, GaussianModel

@@ -50,6 +50,45 @@ class GaussianConfig:
 
 
 @dataclass
+class PSGConfig:
+    """PSG: fine-tune the backbone on normal / CutPaste / CutPaste-Scar (3-way).
+
+    The paper trains 64 epochs at batch 32 (``--set psg.max_steps=0 --set psg.batch_size=32``).
+    The default is a CPU-sized run of 20 steps of 16 images (BENCHMARKS.md states its cost).
+    ``batch_size`` counts good images; each gives 3 views.
+    """
+
+    enabled: bool = False
+    epochs: int = 64
+    max_steps: int = 20  # stop after this many optimiser steps (0: run all epochs)
+    batch_size: int = 16
+    lr: float = 3e-4
+    momentum: float = 0.9
+    weight_decay: float = 3e-5
+    freeze_batchnorm: bool = True  # keep ImageNet BN statistics (one category is a small, narrow set)
+
+
+@dataclass
+class FusionConfig:
+    """LGFFP: ``concat(gaussian.layers) + proj(project_layer)`` -> transformer blocks -> Gaussian branch."""
+
+    enabled: bool = False
+    source: str = "train"  # train (blocks trained at fit time on the PSG task) | cait (pretrained CaiT)
+    project_layer: int = 3  # the deep layer projected and added to the concatenation
+    # Token grid: this layer's. 0: the finest of gaussian.layers (the paper's). Attention
+    # costs grow with the square of the token count: layer 2's grid is 16x cheaper than layer 1's.
+    grid_layer: int = 0
+    cait_arch: str = "cait_s24_224"
+    cait_weights: str = "timm"  # timm (hub) | path to a .safetensors / .pth state dict
+    cait_blocks: int = 11  # the paper uses the first 11
+    depth: int = 1  # source=train: blocks, heads, MLP ratio, LayerScale init
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    init_values: float = 0.1
+    lr: float = 1e-3  # source=train: learning rate of the fusion blocks
+
+
+@dataclass
 class PostprocessConfig:
     sigma: float = 4.0  # Gaussian smoothing of the final map, in pixels of the model input
 
@@ -70,6 +109,8 @@ class FitConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     nns: NNSConfig = field(default_factory=NNSConfig)
     gaussian: GaussianConfig = field(default_factory=GaussianConfig)
+    psg: PSGConfig = field(default_factory=PSGConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
@@ -78,6 +119,8 @@ class FitConfig:
             raise ValueError("at least one scoring branch (nns, gaussian) must be enabled")
         if self.image_size % 32:
             raise ValueError("image_size must be a multiple of 32")
+        if self.fusion.enabled and not self.gaussian.enabled:
+            raise ValueError("fusion (LGFFP) feeds the Gaussian branch: enable gaussian too")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +158,8 @@ _SECTION_TYPES = {
     "backbone": BackboneConfig,
     "nns": NNSConfig,
     "gaussian": GaussianConfig,
+    "psg": PSGConfig,
+    "fusion": FusionConfig,
     "postprocess": PostprocessConfig,
     "calibration": CalibrationConfig,
 }
@@ -124,4 +169,7 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "nns": {"gaussian.enabled": False},
     "gaussian": {"nns.enabled": False},
     "nns_x_gaussian": {},
+    "psg": {"psg.enabled": True},
+    "lgffp": {"fusion.enabled": True, "fusion.grid_layer": 2},
+    "psg_lgffp": {"psg.enabled": True, "fusion.enabled": True, "fusion.grid_layer": 2},
 }

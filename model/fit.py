@@ -25,12 +25,14 @@ from model.backbone import create_feature_extractor
 from model.calibration import calibrate_on_good, score_statistics
 from model.config import FitConfig
 from model.coreset import greedy_coreset
-from model.features import FeaturePath, assemble, gaussian_channels, select_dims
+from model.features import FeaturePath, assemble, select_dims
+from model.fusion import TokenFusion, build_fusion, fusion_channels
 from model.gaussian import GaussianAccumulator, GaussianModel
-from model.imageio import preprocess, read_image
+from model.imageio import preprocess, read_image, resize_rgb
 from model.inspector import Branches, Inspector, Timer, normalization
 from model.memory_bank import MemoryBank, flatten_patches
 from model.postprocess import image_scores
+from model.psg import PSGReport, fine_tune, needs_training
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,17 @@ def build_feature_path(config: FitConfig) -> tuple[FeaturePath, list[float], lis
     bb = config.backbone
     backbone = create_feature_extractor(bb.arch, bb.out_indices, bb.weights)
     mean, std = normalization(backbone)
-    dims = select_dims(gaussian_channels(backbone, config), config.gaussian.dims, config.seed)
-    return assemble(backbone, config, dims), mean, std
+    fusion = build_fusion(config, backbone)
+    dims = select_dims(fusion_channels(fusion, backbone, config), config.gaussian.dims, config.seed)
+    return assemble(backbone, config, fusion, dims), mean, std
+
+
+def train_psg(
+    features: FeaturePath, files: Sequence[Path], config: FitConfig, mean, std, device, progress: ProgressFactory
+) -> PSGReport:
+    """PSG fine-tuning of ``features`` on the good ``files`` (decoded and resized once, kept in memory)."""
+    images = [resize_rgb(read_image(str(f)), config.image_size) for f in files]
+    return fine_tune(features, images, config, mean, std, device, progress)
 
 
 @torch.inference_mode()
@@ -186,6 +197,10 @@ def fit(
     with watch.stage("backbone"):
         features, mean, std = build_feature_path(config)
         features = features.eval().to(device)
+    psg = None
+    if needs_training(config):
+        with watch.stage("psg"):
+            psg = train_psg(features, fit_files, config, mean, std, device, progress)
     with watch.stage("features"):
         patches, acc = extract(features, fit_files, config, mean, std, device, progress)
     bank = None
@@ -206,6 +221,8 @@ def fit(
         thresholds = calibrate_on_good(scores, maps, cal.image_false_alarm_rate, cal.pixel_false_alarm_rate)
 
     tensors: dict[str, dict[str, torch.Tensor]] = {"backbone": features.backbone.state_dict()}
+    if isinstance(features.fusion, TokenFusion):
+        tensors["fusion"] = features.fusion.state_dict()
     if bank is not None:
         tensors["memory_bank"] = bank.tensors()
     if gaussian is not None:
@@ -232,6 +249,7 @@ def fit(
             "n_patches": int(patches.shape[0]) if config.nns.enabled else 0,
             "bank_size": int(bank.bank.shape[0]) if bank is not None else 0,
             "seconds": {k: round(v / 1000, 3) for k, v in watch.ms.items()},
+            "psg": psg.to_dict() if psg is not None else None,
         },
     }
     with watch.stage("write"):

@@ -6,7 +6,8 @@ import torch
 
 from model.calibration import best_f1_threshold, calibrate_on_good, far_threshold
 from model.coreset import greedy_coreset
-from model.features import LayerConcat, select_dims
+from model.features import select_dims
+from model.fusion import LayerConcat
 from model.gaussian import GaussianAccumulator, GaussianModel, neighbourhood_shifts
 from model.memory_bank import MemoryBank
 from model.postprocess import AnomalyMapCombiner, find_regions, gaussian_kernel1d, image_scores, normalized_score

@@ -1,0 +1,153 @@
+"""PSG (pseudo-sample generation): fine-tune the feature path on a 3-way task.
+
+Every good image gives three views: itself, a CutPaste and a CutPaste-Scar copy
+(``model.cutpaste``). A small head on the globally pooled features learns to tell them
+apart; the gradient reaches the backbone (``psg.enabled``) and the LGFFP fusion blocks
+(``fusion.enabled``). The head is thrown away afterwards: only the features are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import FitConfig
+from model.cutpaste import pseudo_views
+from model.features import FeaturePath
+from model.fusion import TokenFusion
+from model.imageio import preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PSGReport:
+    steps: int = 0
+    epochs: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "epochs": self.epochs}
+
+
+class PSGHead(nn.Module):
+    """Pooled features ``[B, C]`` -> 3 logits (normal / CutPaste / Scar)."""
+
+    def __init__(self, in_dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+def needs_training(config: FitConfig) -> bool:
+    """True when some block of ``config`` is trained on the PSG task."""
+    return config.psg.enabled or (config.fusion.enabled and config.fusion.source == "train")
+
+
+def _pooled(features: FeaturePath, x: torch.Tensor, train_backbone: bool) -> torch.Tensor:
+    """Images ``[B, 3, S, S]`` -> global-average-pooled backbone (and fusion) features ``[B, C]``."""
+    with torch.set_grad_enabled(train_backbone):
+        feats = features.backbone(x)
+    pooled = [f.mean((2, 3)) for f in feats]
+    if isinstance(features.fusion, TokenFusion):
+        pooled.append(features.fusion(feats).mean((2, 3)))
+    return torch.cat(pooled, dim=1)
+
+
+def _optimizer(features: FeaturePath, head: PSGHead, config: FitConfig) -> torch.optim.Optimizer:
+    p, f = config.psg, config.fusion
+    groups = [{"params": head.parameters(), "lr": max(p.lr, f.lr)}]
+    if p.enabled:
+        groups.append({"params": features.backbone.parameters(), "lr": p.lr})
+    if isinstance(features.fusion, TokenFusion):
+        groups.append({"params": features.fusion.parameters(), "lr": f.lr if f.source == "train" else p.lr})
+    return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+
+
+def _set_train_mode(features: FeaturePath, config: FitConfig) -> None:
+    """Training mode for the parts being trained; BatchNorm frozen when configured."""
+    features.train()
+    for p in features.backbone.parameters():
+        p.requires_grad_(config.psg.enabled)
+    for p in features.fusion.parameters():
+        p.requires_grad_(True)
+    if not config.psg.enabled:
+        features.backbone.eval()
+    elif config.psg.freeze_batchnorm:
+        for m in features.backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _batch(images: Sequence[np.ndarray], rng: np.random.Generator, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three views of each image -> (normalised ``[3B, 3, S, S]``, labels ``[3B]``)."""
+    views = [v for im in images for v in pseudo_views(im, rng)]
+    x = preprocess([v for v, _ in views], images[0].shape[0], mean, std)
+    return x, torch.tensor([label for _, label in views])
+
+
+def fine_tune(
+    features: FeaturePath,
+    images: Sequence[np.ndarray],
+    config: FitConfig,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
+    progress: Callable[[str, int], Any] | None = None,
+) -> PSGReport:
+    """Train ``features`` in place on the PSG task over good ``images`` (RGB ``uint8 [S, S, 3]``).
+
+    Seeded by ``config.seed``: the same images and config give the same weights.
+    """
+    p = config.psg
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    features.to(device)
+    with torch.no_grad():
+        probe = _pooled(features.eval(), preprocess(images[:1], images[0].shape[0], mean, std).to(device), False)
+    head = PSGHead(probe.shape[1]).to(device)
+    optimizer = _optimizer(features, head, config)
+    per_epoch = math.ceil(len(images) / p.batch_size)
+    total = per_epoch * p.epochs if p.max_steps <= 0 else min(per_epoch * p.epochs, p.max_steps)
+    bar = progress("psg", total) if progress else None
+    report = PSGReport()
+    _set_train_mode(features, config)
+    head.train()
+    while report.steps < total:
+        losses, correct, seen = [], 0, 0
+        order = rng.permutation(len(images))
+        for start in range(0, len(images), p.batch_size):
+            if report.steps >= total:
+                break
+            x, y = _batch([images[i] for i in order[start : start + p.batch_size]], rng, mean, std)
+            x, y = x.to(device), y.to(device)
+            logits = head(_pooled(features, x, p.enabled))
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            report.steps += 1
+            losses.append(loss.item())
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            if bar is not None:
+                bar.update(1)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{correct / seen:.2f}")
+        report.epochs.append({"loss": round(float(np.mean(losses)), 4), "accuracy": round(correct / seen, 4)})
+        log.info("psg epoch %d: loss %.4f, accuracy %.3f", len(report.epochs), *report.epochs[-1].values())
+    if bar is not None:
+        bar.close()
+    features.eval()
+    for param in features.parameters():
+        param.requires_grad_(False)
+    return report
