@@ -108,7 +108,8 @@ def batches(files: Sequence[Path], size: int) -> Iterator[list[np.ndarray]]:
 
 
 def build_feature_path(config: FitConfig) -> tuple[FeaturePath, list[float], list[float]]:
-    """Backbone with its pretrained weights, fusion and Gaussian dim selection."""
+    """Backbone with its pretrained weights, fusion and Gaussian dim selection (seeded by ``config.seed``)."""
+    torch.manual_seed(config.seed)
     bb = config.backbone
     backbone = create_feature_extractor(bb.arch, bb.out_indices, bb.weights)
     mean, std = normalization(backbone)
