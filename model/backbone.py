@@ -101,7 +101,7 @@ def load_classifier_weights(arch: str, weights: str) -> dict[str, torch.Tensor]:
         path = embedded_weights_path(arch)
         return map_by_position(read_state_dict(path), full.state_dict())
     state = read_state_dict(weights)
-    if set(state) == set(full.state_dict()):
+    if set(state) <= set(full.state_dict()):  # timm names (the full classifier, or its feature part)
         return state
     return map_by_position(state, full.state_dict())
 

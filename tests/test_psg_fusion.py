@@ -178,3 +178,11 @@ def test_onnxruntime_runs_the_fused_path(tiny_data, tmp_path):
         want, got = ours.inspect([image])[0], ort.inspect([image])[0]
         assert abs(got.score - want.score) <= 1e-4 * abs(want.score)
         assert np.abs(got.anomaly_map - want.anomaly_map).max() <= 1e-3 * np.abs(want.anomaly_map).max()
+
+
+def test_a_fine_tuned_backbone_is_reusable_as_a_weights_file(tiny_data, tmp_path):
+    """An artifact's backbone.safetensors (e.g. PSG-trained on a GPU) seeds another fit."""
+    first = fit(tiny_data, "psg", tmp_path, tiny_config(**{"psg.enabled": True, **QUICK}))
+    weights = first.artifact / "backbone.safetensors"
+    features, _, _ = build_feature_path(tiny_config(**{"backbone.weights": str(weights)}))
+    assert all(torch.equal(v, load_file(str(weights))[k]) for k, v in features.backbone.state_dict().items())
