@@ -10,9 +10,11 @@ RGB arrays into the normalised model input ``[B, 3, S, S]`` with OpenCV on the h
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from collections.abc import Sequence
-from functools import lru_cache
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, lru_cache
 
 import cv2
 import numpy as np
@@ -21,6 +23,7 @@ from PIL import Image, ImageOps
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "BMP", "TIFF"})
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000
+STAGING_THREADS = min(8, os.cpu_count() or 1)  # host copies into pinned memory (numpy releases the GIL)
 
 Image.MAX_IMAGE_PIXELS = None  # our own limit below applies, before decoding
 
@@ -168,11 +171,26 @@ def resize_on_device(pixels: torch.Tensor, size: int) -> torch.Tensor:
     return rows.view(b, 3, size, size).add_(0.5).floor_()
 
 
+@cache
+def _staging_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(STAGING_THREADS, thread_name_prefix="staging")
+
+
+def stage(images: Sequence[np.ndarray], out: np.ndarray) -> None:
+    """Copy same-shape images into ``out [B, H, W, 3]`` in row blocks on ``STAGING_THREADS`` threads
+    (one thread's memcpy moved only ~6 GB/s on the H100 host: 13 ms for 32 images of 900x900)."""
+    h = images[0].shape[0]
+    bounds = np.linspace(0, h, max(1, STAGING_THREADS // len(images)) + 1).astype(int)
+    blocks = [(i, a, b) for i in range(len(images)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    list(_staging_pool().map(lambda blk: np.copyto(out[blk[0], blk[1]:blk[2]], images[blk[0]][blk[1]:blk[2]]),
+                             blocks))
+
+
 def upload(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
     """Same-shape RGB ``uint8`` arrays -> ``[B, H, W, 3]`` on ``device``, through pinned memory on CUDA."""
     h, w, _ = images[0].shape
     staging = torch.empty((len(images), h, w, 3), dtype=torch.uint8, pin_memory=device.type == "cuda")
-    np.stack(images, out=staging.numpy())
+    stage(images, staging.numpy())
     return staging.to(device, non_blocking=True)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.imageio import preprocess, preprocess_on_device, resize_rgb, resize_weights
+from model.imageio import preprocess, preprocess_on_device, resize_rgb, resize_weights, stage
 from model.inspector import Inspector, check_precision
 
 CPU = torch.device("cpu")
@@ -131,3 +131,11 @@ def test_device_preprocess_on_cuda_equals_cpu_tensors():
     cpu = preprocess_on_device(images, 256, MEAN, STD, CPU)
     cuda = preprocess_on_device(images, 256, MEAN, STD, torch.device("cuda")).cpu()
     assert grey_levels(cpu, cuda).max() <= 1.0 + 1e-3
+
+
+@pytest.mark.parametrize("n", [1, 3, 12])
+def test_staging_copies_every_row(n):
+    images = [camera_like(97, 61, s) for s in range(n)]
+    out = np.zeros((n, 97, 61, 3), np.uint8)
+    stage(images, out)
+    np.testing.assert_array_equal(out, np.stack(images))
