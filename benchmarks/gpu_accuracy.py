@@ -1,11 +1,11 @@
 """CUDA accuracy: reduced precision against fp32, device preprocessing against OpenCV, CUDA against CPU.
 
-    PYTHONPATH=. python3 benchmarks/gpu_accuracy.py --artifact A --data D --raw R --cpu-eval E.json --out F.json
+    PYTHONPATH=. python3 benchmarks/gpu_accuracy.py --artifact A --data D --raw R --out F.json
 
 * Per precision (fp32, bf16, fp16): ``evaluate`` on ``--data`` (image AUROC, pixel AUROC,
   AU-PRO) and, over its test images, the relative difference of image scores and maps
   against CUDA fp32.
-* CUDA fp32 image scores against a CPU ``evaluate`` report of the same artifact and data.
+* CUDA fp32 image scores against CPU ``evaluate`` of the same artifact and data.
 * On the images of ``--raw`` (e.g. 900x900 originals): grey levels of the device resize
   against OpenCV's, and CUDA fp32 (device resize) scores and maps against CPU (OpenCV).
 """
@@ -78,11 +78,12 @@ def main() -> None:
     p.add_argument("--artifact", required=True)
     p.add_argument("--data", required=True, help="MVTec-style category (test/, ground_truth/)")
     p.add_argument("--raw", help="folder of full-size images for the resize and CPU-vs-CUDA checks")
-    p.add_argument("--cpu-eval", help="CPU evaluate JSON of the same artifact and data")
+    p.add_argument("--threads", type=int, default=16, help="torch CPU threads for the CPU reference")
     p.add_argument("--precisions", default=",".join(PRECISIONS))
     p.add_argument("--out")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
     inspector = Inspector.from_artifact(args.artifact, "cuda")
     images = [read_image(str(s.path)) for s in list_test_set(args.data)[0]]
     result: dict = {"device": torch.cuda.get_device_name(0), "precisions": {}}
@@ -93,14 +94,12 @@ def main() -> None:
         ref = ref or sm
         result["precisions"][precision] = block
     fp32 = result["precisions"]["fp32"]["scores"]
-    if args.cpu_eval:
-        cpu = {sample_key(r["file"]): r["score"] for r in json.loads(Path(args.cpu_eval).read_text())["images"]}
-        rel = [abs(fp32[k] - cpu[k]) / abs(cpu[k]) for k in cpu]
-        result["cuda_fp32_vs_cpu_eval_score_rel_max"] = max(rel)
+    cpu_inspector = Inspector.from_artifact(args.artifact, "cpu")
+    cpu = {sample_key(r["file"]): r["score"] for r in evaluate(cpu_inspector, args.data, batch_size=16)["images"]}
+    result["cuda_fp32_vs_cpu_eval_score_rel_max"] = max(abs(fp32[k] - cpu[k]) / abs(cpu[k]) for k in cpu)
     if args.raw:
         raw = [read_image(str(f)) for f in list_images(args.raw)]
         inspector.configure_execution("fp32")
-        cpu_inspector = Inspector.from_artifact(args.artifact, "cpu")
         result["raw"] = {"n": len(raw), "resize": resize_parity(inspector, raw),
                          "cuda_fp32_vs_cpu": relative_deltas(scores_and_maps(cpu_inspector, raw),
                                                              scores_and_maps(inspector, raw))}

@@ -9,12 +9,14 @@ not depend on weight values, so ``--weights random`` is fine for timing. Images 
 beforehand: the figures cover preprocess (resize + normalise) through the final map.
 
 On CUDA each ``--variants`` entry is a precision (fp32, bf16, fp16) with optional flags:
-``+eager`` (no CUDA graphs: per-stage times), ``+nchw`` (no channels_last).
+``+eager`` (no CUDA graphs: per-stage times), ``+nchw`` (no channels_last), ``+compile``
+(experiment: the feature path through ``torch.compile``, inductor kernels, then graphed).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -61,21 +63,26 @@ def time_batches(inspector: Inspector, images: list[np.ndarray], batch: int, sec
     }
 
 
-def parse_variant(text: str) -> dict:
-    """``"bf16+eager+nchw"`` -> ``Inspector.configure_execution`` keyword arguments."""
+def parse_variant(text: str) -> tuple[dict, bool]:
+    """``"bf16+eager+nchw"`` -> (``Inspector.configure_execution`` keyword arguments, compile or not)."""
     precision, *flags = text.split("+")
-    unknown = set(flags) - {"eager", "nchw"}
+    unknown = set(flags) - {"eager", "nchw", "compile"}
     if unknown:
         raise SystemExit(f"unknown variant flags {sorted(unknown)} in {text!r}")
-    return {"precision": precision, "cuda_graphs": "eager" not in flags, "channels_last": "nchw" not in flags}
+    options = {"precision": precision, "cuda_graphs": "eager" not in flags, "channels_last": "nchw" not in flags}
+    return options, "compile" in flags
 
 
 def time_variant(inspector: Inspector, variant: str, images: list[np.ndarray], batches: list[int],
                  seconds: float) -> dict:
     """Rows of ``time_batches`` for one execution variant, with its peak GPU memory."""
-    inspector.configure_execution(**parse_variant(variant))
+    options, compiled = parse_variant(variant)
+    inspector.configure_execution(**options)
+    if compiled:
+        inspector.features = torch.compile(inspector.features, dynamic=False)
     cuda = inspector.device.type == "cuda"
     if cuda:
+        gc.collect()  # the previous variant's graphs and their memory pool
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     out = {"variant": variant, "rows": [time_batches(inspector, images, b, seconds) for b in batches]}
