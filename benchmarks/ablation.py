@@ -56,13 +56,17 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--latency-images", type=int, default=20)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override for every row")
+    p.add_argument("--label", default="", help="suffix of the row names (with --set)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     rows = []
     test_files = sorted((Path(args.data) / "test").glob("*/*"))[:: 4][: args.latency_images]
-    for name in args.rows.split(","):
-        config = FitConfig().with_overrides(ABLATIONS[name])
+    extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    for row in args.rows.split(","):
+        name = row + args.label
+        config = FitConfig().with_overrides({**ABLATIONS[row], **extra})
         report = fit(args.data, f"{args.category}-{name}", args.artifacts, config)
         inspector = Inspector.from_artifact(report.artifact)
         ev = evaluate(inspector, args.data)
