@@ -79,7 +79,7 @@ class FusionConfig:
     # costs grow with the square of the token count: layer 2's grid is 16x cheaper than layer 1's.
     grid_layer: int = 0
     cait_arch: str = "cait_s24_224"
-    cait_weights: str = "timm"  # timm (hub) | path to a .safetensors / .pth state dict
+    cait_weights: str = "timm"  # timm (hub) | path to a .safetensors / .pth state dict | random
     cait_blocks: int = 11  # the paper uses the first 11
     depth: int = 1  # source=train: blocks, heads, MLP ratio, LayerScale init
     heads: int = 4

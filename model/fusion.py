@@ -5,7 +5,8 @@ transformer blocks (global context), then the tokens back on the grid. The block
 from one of two places (``FusionConfig.source``):
 
 * ``cait``  : the first ``cait_blocks`` blocks of a pretrained timm CaiT (the paper), with
-  its position embedding resampled to the grid. Weights from a local file or the timm hub.
+  its position embedding resampled to the grid. Weights from a local file or the timm hub
+  (``random``: none, for speed benchmarks).
 * ``train`` : a few CaiT-style blocks trained at fit time on the PSG task (offline default,
   since no package ships CaiT weights).
 
@@ -121,7 +122,7 @@ def _cait_parts(config: FitConfig, pretrained: bool) -> tuple[nn.ModuleList, tor
     """The first ``cait_blocks`` blocks of ``cait_arch`` and its position embedding."""
     f = config.fusion
     cait = timm.create_model(f.cait_arch, pretrained=False)
-    if pretrained:
+    if pretrained and f.cait_weights != "random":
         state = timm_hub_state_dict(f.cait_arch) if f.cait_weights == "timm" else read_state_dict(f.cait_weights)
         try:
             cait.load_state_dict(state, strict=True)
