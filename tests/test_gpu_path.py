@@ -134,7 +134,10 @@ def test_device_preprocess_on_cuda_equals_cpu_tensors():
 
 
 @pytest.mark.parametrize("n", [1, 3, 12])
-def test_staging_copies_every_row(n):
+@pytest.mark.parametrize("threaded", [False, True])
+def test_staging_copies_every_row(n, threaded, monkeypatch):
+    if threaded:
+        monkeypatch.setattr("model.imageio.STAGING_MIN_THREADED_BYTES", 0)
     images = [camera_like(97, 61, s) for s in range(n)]
     out = np.zeros((n, 97, 61, 3), np.uint8)
     stage(images, out)
