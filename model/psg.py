@@ -67,17 +67,30 @@ def _optimizer(features: FeaturePath, head: PSGHead, config: FitConfig) -> torch
     p, f = config.psg, config.fusion
     groups = [{"params": head.parameters(), "lr": max(p.lr, f.lr)}]
     if p.enabled:
-        groups.append({"params": features.backbone.parameters(), "lr": p.lr})
+        groups.append({"params": trainable_backbone_parameters(features.backbone, p.freeze_through), "lr": p.lr})
     if isinstance(features.fusion, TokenFusion):
         groups.append({"params": features.fusion.parameters(), "lr": f.lr if f.source == "train" else p.lr})
     return torch.optim.SGD(groups, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+
+
+def trainable_backbone_parameters(backbone: nn.Module, freeze_through: int) -> list[nn.Parameter]:
+    """The backbone parameters after the module that outputs layer ``freeze_through`` (all when 0)."""
+    named = list(backbone.named_parameters())
+    if freeze_through <= 0:
+        return [p for _, p in named]
+    prefix = backbone.feature_info.module_name()[freeze_through - 1] + "."
+    last = max(i for i, (name, _) in enumerate(named) if name.startswith(prefix))
+    return [p for _, p in named[last + 1 :]]
 
 
 def _set_train_mode(features: FeaturePath, config: FitConfig) -> None:
     """Training mode for the parts being trained; BatchNorm frozen when configured."""
     features.train()
     for p in features.backbone.parameters():
-        p.requires_grad_(config.psg.enabled)
+        p.requires_grad_(False)
+    if config.psg.enabled:
+        for p in trainable_backbone_parameters(features.backbone, config.psg.freeze_through):
+            p.requires_grad_(True)
     for p in features.fusion.parameters():
         p.requires_grad_(True)
     if not config.psg.enabled:

@@ -186,3 +186,12 @@ def test_a_fine_tuned_backbone_is_reusable_as_a_weights_file(tiny_data, tmp_path
     weights = first.artifact / "backbone.safetensors"
     features, _, _ = build_feature_path(tiny_config(**{"backbone.weights": str(weights)}))
     assert all(torch.equal(v, load_file(str(weights))[k]) for k, v in features.backbone.state_dict().items())
+
+
+def test_freeze_through_keeps_the_early_layers(good_images):
+    """psg.freeze_through=2: layers 1-2 (the Gaussian's input) keep their weights; layer 3 trains."""
+    config = tiny_config(**{"psg.enabled": True, "psg.freeze_through": 2, **QUICK})
+    features, before, _ = trained(config, good_images)
+    moved = changed(before, features.state_dict(), "backbone.")
+    frozen_prefixes = ("backbone.conv_stem", "backbone.bn1", "backbone.blocks.0.", "backbone.blocks.1.", "backbone.blocks.2.")
+    assert moved and not any(k.startswith(frozen_prefixes) for k in moved)
