@@ -92,7 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.settings import Settings
 
-    overrides = {"artifacts": args.artifacts, "device": args.device, "runtime": args.runtime}
+    overrides = {"artifacts": args.artifacts, "device": args.device, "runtime": args.runtime,
+                 "precision": args.precision}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", timeout_keep_alive=5)
     return 0
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, choices=["cpu", "cuda"])
     s.add_argument("--runtime", default=None, choices=["torch", "onnxruntime"],
                    help="feature-path runtime (default: torch, or FACTORY_INSPECT_RUNTIME)")
+    s.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
+                   help="CUDA feature-path precision (default: fp32, or FACTORY_INSPECT_PRECISION)")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="generate data (or use --data), fit, serve, inspect one image")

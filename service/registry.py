@@ -168,6 +168,8 @@ class Registry:
         if not path.is_dir():
             raise ArtifactError(f"no artifact published for {name}")
         inspector = Inspector.from_artifact(path, self.settings.device, runtime=self.settings.runtime)
+        if self.settings.precision != "fp32":
+            inspector.configure_execution(precision=self.settings.precision)
         if inspector.manifest.get("category") not in (None, name):
             log.warning("category %s serves an artifact fitted as %r", name, inspector.manifest.get("category"))
         if self.settings.device != "cuda":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     runtime: Literal["torch", "onnxruntime"] = Field(
         "torch", description="feature-path runtime: torch, or onnxruntime (exported to ONNX at load)"
+    )
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        "fp32", description="feature-path precision on CUDA with the torch runtime (fp16 keeps accuracy, bf16 does not)"
     )
 
     # Input limits
@@ -55,3 +58,9 @@ class Settings(BaseSettings):
         None, description="bearer key for the reload endpoint (default: api_key; neither set: loopback only)"
     )
     reload_on_sighup: bool = Field(True, description="SIGHUP reloads every category (main thread only)")
+
+    @model_validator(mode="after")
+    def _reduced_precision_needs_cuda(self) -> Settings:
+        if self.precision != "fp32" and (self.device != "cuda" or self.runtime != "torch"):
+            raise ValueError(f"precision {self.precision} needs device=cuda and runtime=torch")
+        return self

@@ -142,3 +142,14 @@ def test_staging_copies_every_row(n, threaded, monkeypatch):
     out = np.zeros((n, 97, 61, 3), np.uint8)
     stage(images, out)
     np.testing.assert_array_equal(out, np.stack(images))
+
+
+def test_serve_precision_setting_needs_cuda_and_torch():
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    assert Settings(device="cuda", precision="fp16").precision == "fp16"
+    for bad in ({"precision": "fp16"}, {"device": "cuda", "runtime": "onnxruntime", "precision": "bf16"}):
+        with pytest.raises(ValidationError, match="needs device=cuda and runtime=torch"):
+            Settings(**bad)
