@@ -55,7 +55,7 @@ class PSGConfig:
 
     The default is a CPU-sized run: 150 steps of 16 images at lr 1e-3, training only what
     comes after layer 2, so the Gaussian branch's layers 1-2 keep their ImageNet weights
-    (about 7 min for bottle on 2 cores). The paper's schedule, for a GPU:
+    (about 8 min for bottle on 2 cores). The paper's schedule, for a GPU:
     ``psg.max_steps=0 psg.batch_size=32 psg.lr=0.0003 psg.freeze_through=0`` (64 epochs).
     ``batch_size`` counts good images; each gives 3 views. BENCHMARKS.md compares them.
     """
