@@ -39,6 +39,18 @@ def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def neighbourhood_pool(pool_size: int) -> nn.Module:
+    """``pool_size`` x ``pool_size`` average pooling at stride 1 (same grid; identity for 1)."""
+    if pool_size <= 1:
+        return nn.Identity()
+    return nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2, count_include_pad=False)
+
+
+def concat_width(channels: list[int], layers: tuple[int, ...]) -> int:
+    """Channels of the concatenation of ``layers`` (1-based) of a backbone with ``channels``."""
+    return sum(channels[i - 1] for i in layers)
+
+
 class LayerConcat(nn.Module):
     """Selected backbone layers on the finest selected layer's grid, concatenated, then
     ``pool_size`` average pooling (local neighbourhood aggregation). No parameters.
@@ -50,10 +62,7 @@ class LayerConcat(nn.Module):
     def __init__(self, layers: tuple[int, ...], pool_size: int = 3) -> None:
         super().__init__()
         self.layers = tuple(layers)
-        self.pool = (
-            nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2, count_include_pad=False)
-            if pool_size > 1 else nn.Identity()
-        )
+        self.pool = neighbourhood_pool(pool_size)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """``feats[k] [B, Ck, Hk, Wk]`` -> ``[B, sum Ck (selected), H, W]`` on the finest selected grid."""
@@ -96,13 +105,13 @@ class TokenFusion(nn.Module):
     ) -> None:
         super().__init__()
         self.concat, self.project, self.grid_layer = tuple(concat), project, grid_layer
-        width = sum(channels[i - 1] for i in concat)
+        width = concat_width(channels, concat)
         dim = pos_embed.shape[-1]
         self.proj = nn.Conv2d(channels[project - 1], width, 1)
         self.embed = nn.Identity() if width == dim else nn.Linear(width, dim)
         self.pos_embed = nn.Parameter(pos_embed)
         self.blocks = blocks
-        self.pool = LayerConcat((1,), pool_size)  # pooling only
+        self.pool = neighbourhood_pool(pool_size)
         self.out_channels = dim
         self.grid = tuple(grid)
 
@@ -114,8 +123,8 @@ class TokenFusion(nn.Module):
         tokens = self.embed(x.flatten(2).transpose(1, 2)) + self.pos_embed
         for block in self.blocks:
             tokens = block(tokens)
-        b, n, d = tokens.shape
-        return self.pool([tokens.transpose(1, 2).reshape(b, d, *grid)])
+        b, _, d = tokens.shape
+        return self.pool(tokens.transpose(1, 2).reshape(b, d, *grid))
 
 
 def _cait_parts(config: FitConfig, pretrained: bool) -> tuple[nn.ModuleList, torch.Tensor]:
@@ -161,8 +170,7 @@ def build_fusion(config: FitConfig, backbone: nn.Module, pretrained: bool = True
         blocks, pos = _cait_parts(config, pretrained)
         pos = resample_pos_embed(pos, grid)
     elif f.source == "train":
-        width = sum(channels[i - 1] for i in g.layers)
-        blocks, pos = _trained_parts(config, width, grid)
+        blocks, pos = _trained_parts(config, concat_width(channels, g.layers), grid)
     else:
         raise ValueError(f"unknown fusion source {f.source!r}: use 'train' or 'cait'")
     fusion = TokenFusion(g.layers, f.project_layer, grid_layer, channels, grid, blocks, pos, g.pool_size)
@@ -174,5 +182,4 @@ def fusion_channels(fusion: nn.Module, backbone: nn.Module, config: FitConfig) -
     """Channels the fusion hands to the Gaussian branch (before dim selection)."""
     if isinstance(fusion, TokenFusion):
         return fusion.out_channels
-    channels = backbone.feature_info.channels()
-    return sum(channels[i - 1] for i in config.gaussian.layers)
+    return concat_width(backbone.feature_info.channels(), config.gaussian.layers)

@@ -141,7 +141,7 @@ def test_paper_wiring_with_cait_weights_from_a_file(cait_file, tiny_data, tmp_pa
         tokens = tokens + resample_pos_embed(reference.pos_embed, grid)
         for block in reference.blocks[:11]:
             tokens = block(tokens)
-        want = fusion.pool([tokens.transpose(1, 2).reshape(1, 192, *grid)])
+        want = fusion.pool(tokens.transpose(1, 2).reshape(1, 192, *grid))
         assert torch.allclose(fusion([l1, l2, l3]), want, atol=1e-5)
 
     report = fit(tiny_data, "paper", tmp_path, config)
