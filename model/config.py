@@ -83,6 +83,10 @@ class FusionConfig:
     # Token grid: this layer's. 0: the finest of gaussian.layers (the paper's). Attention
     # costs grow with the square of the token count: layer 2's grid is 16x cheaper than layer 1's.
     grid_layer: int = 0
+    # tokens: the fused tokens are the Gaussian features, on the token grid (the paper's).
+    # residual: the blocks' update of the tokens is upsampled and added to the local
+    # features on the finest grid of gaussian.layers (source=train only).
+    mode: str = "tokens"
     cait_arch: str = "cait_s24_224"
     cait_weights: str = "timm"  # timm (hub) | path to a .safetensors / .pth state dict | random
     cait_blocks: int = 11  # the paper uses the first 11

@@ -10,6 +10,11 @@ from one of two places (``FusionConfig.source``):
 * ``train`` : a few CaiT-style blocks trained at fit time on the PSG task (offline default,
   since no package ships CaiT weights).
 
+The fused tokens either replace the local features (``FusionConfig.mode = "tokens"``, the
+paper's) or, in ``residual`` mode, only what the blocks add to each token is upsampled onto
+the finest concatenated grid and added to the untouched local features there, so a coarse
+token grid brings global context without costing stride-4 detail.
+
 When fusion is off the Gaussian branch uses plain concatenation (``LayerConcat``).
 """
 
@@ -90,6 +95,8 @@ class TokenFusion(nn.Module):
     ``concat`` layers are concatenated (width ``C``); ``project`` is mapped to ``C`` by a
     1x1 conv and added; tokens are embedded to ``D`` (identity when ``C == D``), get the
     position embedding, pass through ``blocks`` and are average-pooled by ``pool_size``.
+    ``residual``: the output is instead the concatenation on the finest ``concat`` grid plus
+    the blocks' update of the tokens (needs ``C == D``), upsampled -> ``[B, C, H, W]``.
     """
 
     def __init__(
@@ -102,11 +109,15 @@ class TokenFusion(nn.Module):
         blocks: nn.ModuleList,
         pos_embed: torch.Tensor,
         pool_size: int,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.concat, self.project, self.grid_layer = tuple(concat), project, grid_layer
         width = concat_width(channels, concat)
         dim = pos_embed.shape[-1]
+        if residual and width != dim:
+            raise ValueError(f"residual fusion needs token width {dim} equal to the concatenation's {width}")
+        self.residual = residual
         self.proj = nn.Conv2d(channels[project - 1], width, 1)
         self.embed = nn.Identity() if width == dim else nn.Linear(width, dim)
         self.pos_embed = nn.Parameter(pos_embed)
@@ -118,13 +129,20 @@ class TokenFusion(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """``feats[k] [B, Ck, Hk, Wk]`` -> ``[B, D, h, w]``."""
         grid = tuple(feats[self.grid_layer - 1].shape[-2:])
-        local = torch.cat([resize_to(feats[i - 1], grid) for i in self.concat], dim=1)
-        x = local + resize_to(self.proj(feats[self.project - 1]), grid)
-        tokens = self.embed(x.flatten(2).transpose(1, 2)) + self.pos_embed
+        fine = tuple(feats[min(self.concat) - 1].shape[-2:]) if self.residual else grid
+        local = torch.cat([resize_to(feats[i - 1], fine) for i in self.concat], dim=1)
+        x = resize_to(local, grid) + resize_to(self.proj(feats[self.project - 1]), grid)
+        start = self.embed(x.flatten(2).transpose(1, 2)) + self.pos_embed
+        tokens = start
         for block in self.blocks:
             tokens = block(tokens)
+        if self.residual:
+            tokens = tokens - start
         b, _, d = tokens.shape
-        return self.pool(tokens.transpose(1, 2).reshape(b, d, *grid))
+        out = tokens.transpose(1, 2).reshape(b, d, *grid)
+        if self.residual:
+            out = local + resize_to(out, fine)
+        return self.pool(out)
 
 
 def _cait_parts(config: FitConfig, pretrained: bool) -> tuple[nn.ModuleList, torch.Tensor]:
@@ -173,7 +191,10 @@ def build_fusion(config: FitConfig, backbone: nn.Module, pretrained: bool = True
         blocks, pos = _trained_parts(config, concat_width(channels, g.layers), grid)
     else:
         raise ValueError(f"unknown fusion source {f.source!r}: use 'train' or 'cait'")
-    fusion = TokenFusion(g.layers, f.project_layer, grid_layer, channels, grid, blocks, pos, g.pool_size)
+    if f.mode not in ("tokens", "residual"):
+        raise ValueError(f"unknown fusion mode {f.mode!r}: use 'tokens' or 'residual'")
+    residual = f.mode == "residual"
+    fusion = TokenFusion(g.layers, f.project_layer, grid_layer, channels, grid, blocks, pos, g.pool_size, residual)
     log.info("LGFFP fusion: %s, %d blocks of width %d on a %dx%d grid", f.source, len(blocks), pos.shape[-1], *grid)
     return fusion
 

@@ -98,7 +98,8 @@ def test_progress_shows_loss_and_accuracy(good_images):
 
 
 @pytest.mark.parametrize("overrides", [{"psg.enabled": True}, {"fusion.enabled": True},
-                                       {"psg.enabled": True, "fusion.enabled": True, "fusion.grid_layer": 2}])
+                                       {"psg.enabled": True, "fusion.enabled": True, "fusion.grid_layer": 2},
+                                       {"fusion.enabled": True, "fusion.grid_layer": 2, "fusion.mode": "residual"}])
 def test_fitted_blocks_live_in_the_artifact(tiny_data, tmp_path, overrides):
     config = tiny_config(**overrides, **QUICK)
     report = fit(tiny_data, "cat", tmp_path, config)
@@ -146,6 +147,37 @@ def test_paper_wiring_with_cait_weights_from_a_file(cait_file, tiny_data, tmp_pa
 
     report = fit(tiny_data, "paper", tmp_path, config)
     assert Inspector.from_artifact(report.artifact).features.fusion.grid == grid
+
+
+def test_residual_fusion_adds_the_token_update_to_the_fine_local_features(good_images):
+    config = tiny_config(**{"fusion.enabled": True, "fusion.grid_layer": 2, "fusion.mode": "residual", **QUICK})
+    features, _, _ = trained(config, good_images)
+    fusion = features.fusion
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        l1, l2, l3 = features.backbone(x)
+        fine, grid = l1.shape[-2:], l2.shape[-2:]
+        local = torch.cat([l1, resize_to(l2, fine)], 1)
+        start = (resize_to(local, grid) + resize_to(fusion.proj(l3), grid)).flatten(2).transpose(1, 2)
+        start = start + fusion.pos_embed
+        tokens = start
+        for block in fusion.blocks:
+            tokens = block(tokens)
+        update = (tokens - start).transpose(1, 2).reshape(2, -1, *grid)
+        want = fusion.pool(local + resize_to(update, fine))
+        got = fusion([l1, l2, l3])
+    assert got.shape[-2:] == fine and fusion.out_channels == local.shape[1]
+    assert torch.allclose(got, want, atol=1e-5)
+    # The blocks contribute: the output is not the plain concatenation.
+    assert not torch.allclose(got, fusion.pool(local), atol=1e-4)
+
+
+def test_residual_fusion_needs_matching_widths_and_a_known_mode(cait_file):
+    with pytest.raises(ValueError, match="residual fusion needs token width"):
+        build_feature_path(tiny_config(**{"fusion.enabled": True, "fusion.source": "cait", "fusion.cait_arch": CAIT,
+                                          "fusion.cait_weights": str(cait_file), "fusion.mode": "residual"}))
+    with pytest.raises(ValueError, match="unknown fusion mode"):
+        build_feature_path(tiny_config(**{"fusion.enabled": True, "fusion.mode": "sideways"}))
 
 
 def test_cait_through_the_timm_loader_with_a_local_file(cait_file):
