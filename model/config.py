@@ -71,6 +71,11 @@ class PSGConfig:
     # Backbone outputs up to this one (1-based, as nns.layers) keep their weights: 0 trains
     # every layer; 2 trains only what comes after layer 2 (layer 3 for the default backbone).
     freeze_through: int = 2
+    # Weight of a loss that keeps the good views' features of the trained layers near their
+    # ImageNet values (mean squared change relative to their mean square; 0: off). The
+    # 3-way task then moves the defects' features without moving the normal distribution
+    # the memory bank and the Gaussians are fitted on.
+    anchor: float = 0.0
 
 
 @dataclass

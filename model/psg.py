@@ -8,6 +8,7 @@ apart; the gradient reaches the backbone (``psg.enabled``) and the LGFFP fusion 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import FitConfig
-from model.cutpaste import pseudo_views
+from model.cutpaste import NORMAL, pseudo_views
 from model.features import FeaturePath
 from model.fusion import TokenFusion
 from model.imageio import preprocess
@@ -53,14 +54,21 @@ def needs_training(config: FitConfig) -> bool:
     return config.psg.enabled or (config.fusion.enabled and config.fusion.source == "train")
 
 
-def _pooled(features: FeaturePath, x: torch.Tensor, train_backbone: bool) -> torch.Tensor:
-    """Images ``[B, 3, S, S]`` -> global-average-pooled backbone (and fusion) features ``[B, C]``."""
+def _pooled(features: FeaturePath, x: torch.Tensor, train_backbone: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Images ``[B, 3, S, S]`` -> (global-average-pooled backbone and fusion features ``[B, C]``,
+    the backbone's layer outputs)."""
     with torch.set_grad_enabled(train_backbone):
         feats = features.backbone(x)
     pooled = [f.mean((2, 3)) for f in feats]
     if isinstance(features.fusion, TokenFusion):
         pooled.append(features.fusion(feats).mean((2, 3)))
-    return torch.cat(pooled, dim=1)
+    return torch.cat(pooled, dim=1), feats
+
+
+def anchor_loss(feats: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of ``||f - f_ref||^2 / ||f_ref||^2`` (``[B, C, h, w]`` each)."""
+    terms = [(f - r).pow(2).mean() / r.pow(2).mean().clamp_min(1e-12) for f, r in zip(feats, reference, strict=True)]
+    return torch.stack(terms).mean()
 
 
 def _optimizer(features: FeaturePath, head: PSGHead, config: FitConfig) -> torch.optim.Optimizer:
@@ -126,8 +134,9 @@ def fine_tune(
     rng = np.random.default_rng(config.seed)
     features.to(device)
     with torch.no_grad():
-        probe = _pooled(features.eval(), preprocess(images[:1], images[0].shape[0], mean, std).to(device), False)
+        probe, _ = _pooled(features.eval(), preprocess(images[:1], images[0].shape[0], mean, std).to(device), False)
     head = PSGHead(probe.shape[1]).to(device)
+    anchored = copy.deepcopy(features.backbone).eval() if p.enabled and p.anchor > 0 else None
     optimizer = _optimizer(features, head, config)
     per_epoch = math.ceil(len(images) / p.batch_size)
     total = per_epoch * p.epochs if p.max_steps <= 0 else min(per_epoch * p.epochs, p.max_steps)
@@ -143,8 +152,14 @@ def fine_tune(
                 break
             x, y = _batch([images[i] for i in order[start : start + p.batch_size]], rng, mean, std)
             x, y = x.to(device), y.to(device)
-            logits = head(_pooled(features, x, p.enabled))
+            pooled, feats = _pooled(features, x, p.enabled)
+            logits = head(pooled)
             loss = F.cross_entropy(logits, y)
+            if anchored is not None:
+                good = y == NORMAL
+                with torch.no_grad():
+                    reference = anchored(x[good])[p.freeze_through :]
+                loss = loss + p.anchor * anchor_loss([f[good] for f in feats[p.freeze_through :]], reference)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

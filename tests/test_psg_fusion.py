@@ -63,6 +63,21 @@ def test_psg_trains_the_backbone_reproducibly(good_images):
     assert not any(p.requires_grad for p in a.parameters()) and not a.training
 
 
+def test_anchor_keeps_the_good_features_near_their_start(good_images):
+    x = preprocess(good_images[:4], 64, *build_feature_path(tiny_config())[1:])
+
+    def drift(anchor: float) -> float:
+        config = tiny_config(**{"psg.enabled": True, "psg.freeze_through": 1, "psg.lr": 0.01, "psg.anchor": anchor, **QUICK})
+        features, before, _ = trained(config, good_images)
+        start, _, _ = build_feature_path(config)
+        with torch.no_grad():
+            old, new = start.eval().backbone(x)[1:], features.backbone(x)[1:]
+        return float(sum((a - b).pow(2).mean() / b.pow(2).mean() for a, b in zip(new, old)))
+
+    free, anchored = drift(0.0), drift(5.0)
+    assert 0 < anchored < 0.5 * free
+
+
 def test_batchnorm_statistics_adapt_when_unfrozen(good_images):
     config = tiny_config(**{"psg.enabled": True, "psg.freeze_batchnorm": False, **QUICK})
     features, before, _ = trained(config, good_images)
