@@ -100,6 +100,9 @@ class FusionConfig:
     mlp_ratio: float = 2.0
     init_values: float = 0.1
     lr: float = 1e-3  # source=train: learning rate of the fusion blocks
+    # Weight of a per-cell loss during training: a 1x1 head on the fused map predicts which
+    # cells the CutPaste views changed (0: only the pooled 3-way task trains the fusion).
+    dense_loss: float = 0.0
 
 
 @dataclass

@@ -112,6 +112,9 @@ def cutpaste_scar(
     return _paste(image, rotated, valid, rng)
 
 
-def pseudo_views(image: np.ndarray, rng: np.random.Generator) -> list[tuple[np.ndarray, int]]:
-    """The three PSG views of one good image: (normal, 0), (CutPaste, 1), (Scar, 2)."""
-    return [(image, NORMAL), (cutpaste(image, rng)[0], CUTPASTE), (cutpaste_scar(image, rng)[0], SCAR)]
+def pseudo_views(image: np.ndarray, rng: np.random.Generator) -> list[tuple[np.ndarray, int, np.ndarray]]:
+    """The three PSG views of one good image, each with its label and changed-pixel mask:
+    (normal, 0, empty), (CutPaste, 1, mask), (Scar, 2, mask)."""
+    pasted, scar = cutpaste(image, rng), cutpaste_scar(image, rng)
+    return [(image, NORMAL, np.zeros(image.shape[:2], bool)), (*pasted[:1], CUTPASTE, pasted[1]),
+            (*scar[:1], SCAR, scar[1])]

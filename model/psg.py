@@ -54,15 +54,25 @@ def needs_training(config: FitConfig) -> bool:
     return config.psg.enabled or (config.fusion.enabled and config.fusion.source == "train")
 
 
-def _pooled(features: FeaturePath, x: torch.Tensor, train_backbone: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _forward(
+    features: FeaturePath, x: torch.Tensor, train_backbone: bool
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
     """Images ``[B, 3, S, S]`` -> (global-average-pooled backbone and fusion features ``[B, C]``,
-    the backbone's layer outputs)."""
+    the backbone's layer outputs, the fused map ``[B, D, h, w]`` or None without fusion)."""
     with torch.set_grad_enabled(train_backbone):
         feats = features.backbone(x)
     pooled = [f.mean((2, 3)) for f in feats]
-    if isinstance(features.fusion, TokenFusion):
-        pooled.append(features.fusion(feats).mean((2, 3)))
-    return torch.cat(pooled, dim=1), feats
+    fused = features.fusion(feats) if isinstance(features.fusion, TokenFusion) else None
+    if fused is not None:
+        pooled.append(fused.mean((2, 3)))
+    return torch.cat(pooled, dim=1), feats, fused
+
+
+def dense_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of per-cell logits ``[B, 1, h, w]`` against the fraction of each
+    cell that the views changed (``masks [B, S, S]``, area-averaged to the grid)."""
+    target = F.adaptive_avg_pool2d(masks[:, None].float(), logits.shape[-2:])
+    return F.binary_cross_entropy_with_logits(logits, target)
 
 
 def anchor_loss(feats: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
@@ -71,9 +81,9 @@ def anchor_loss(feats: list[torch.Tensor], reference: list[torch.Tensor]) -> tor
     return torch.stack(terms).mean()
 
 
-def _optimizer(features: FeaturePath, head: PSGHead, config: FitConfig) -> torch.optim.Optimizer:
+def _optimizer(features: FeaturePath, heads: list[nn.Module], config: FitConfig) -> torch.optim.Optimizer:
     p, f = config.psg, config.fusion
-    groups = [{"params": head.parameters(), "lr": max(p.lr, f.lr)}]
+    groups = [{"params": [q for h in heads for q in h.parameters()], "lr": max(p.lr, f.lr)}]
     if p.enabled:
         groups.append({"params": trainable_backbone_parameters(features.backbone, p.freeze_through), "lr": p.lr})
     if isinstance(features.fusion, TokenFusion):
@@ -109,11 +119,14 @@ def _set_train_mode(features: FeaturePath, config: FitConfig) -> None:
                 m.eval()
 
 
-def _batch(images: Sequence[np.ndarray], rng: np.random.Generator, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """Three views of each image -> (normalised ``[3B, 3, S, S]``, labels ``[3B]``)."""
+def _batch(
+    images: Sequence[np.ndarray], rng: np.random.Generator, mean, std
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Three views of each image -> (normalised ``[3B, 3, S, S]``, labels ``[3B]``, masks ``[3B, S, S]``)."""
     views = [v for im in images for v in pseudo_views(im, rng)]
-    x = preprocess([v for v, _ in views], images[0].shape[0], mean, std)
-    return x, torch.tensor([label for _, label in views])
+    x = preprocess([v for v, _, _ in views], images[0].shape[0], mean, std)
+    masks = torch.from_numpy(np.stack([m for _, _, m in views]))
+    return x, torch.tensor([label for _, label, _ in views]), masks
 
 
 def fine_tune(
@@ -134,10 +147,11 @@ def fine_tune(
     rng = np.random.default_rng(config.seed)
     features.to(device)
     with torch.no_grad():
-        probe, _ = _pooled(features.eval(), preprocess(images[:1], images[0].shape[0], mean, std).to(device), False)
+        probe, _, fused = _forward(features.eval(), preprocess(images[:1], images[0].shape[0], mean, std).to(device), False)
     head = PSGHead(probe.shape[1]).to(device)
+    dense = nn.Conv2d(fused.shape[1], 1, 1).to(device) if fused is not None and config.fusion.dense_loss > 0 else None
     anchored = copy.deepcopy(features.backbone).eval() if p.enabled and p.anchor > 0 else None
-    optimizer = _optimizer(features, head, config)
+    optimizer = _optimizer(features, [head] + ([dense] if dense is not None else []), config)
     per_epoch = math.ceil(len(images) / p.batch_size)
     total = per_epoch * p.epochs if p.max_steps <= 0 else min(per_epoch * p.epochs, p.max_steps)
     bar = progress("psg", total) if progress else None
@@ -150,11 +164,13 @@ def fine_tune(
         for start in range(0, len(images), p.batch_size):
             if report.steps >= total:
                 break
-            x, y = _batch([images[i] for i in order[start : start + p.batch_size]], rng, mean, std)
+            x, y, masks = _batch([images[i] for i in order[start : start + p.batch_size]], rng, mean, std)
             x, y = x.to(device), y.to(device)
-            pooled, feats = _pooled(features, x, p.enabled)
+            pooled, feats, fused = _forward(features, x, p.enabled)
             logits = head(pooled)
             loss = F.cross_entropy(logits, y)
+            if dense is not None:
+                loss = loss + config.fusion.dense_loss * dense_loss(dense(fused), masks.to(device))
             if anchored is not None:
                 good = y == NORMAL
                 with torch.no_grad():

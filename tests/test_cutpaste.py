@@ -76,6 +76,8 @@ def test_color_jitter_is_bounded(bottle):
 
 def test_pseudo_views_labels(bottle):
     views = pseudo_views(bottle, np.random.default_rng(0))
-    assert [label for _, label in views] == [NORMAL, CUTPASTE, SCAR]
-    assert views[0][0] is bottle
-    assert all(not np.array_equal(v, bottle) for v, _ in views[1:])
+    assert [label for _, label, _ in views] == [NORMAL, CUTPASTE, SCAR]
+    assert views[0][0] is bottle and not views[0][2].any()
+    for view, _, mask in views[1:]:
+        assert mask.any() and not np.array_equal(view, bottle)
+        assert np.array_equal(view[~mask], bottle[~mask])

@@ -17,7 +17,7 @@ from model.fit import build_feature_path, fit, list_images
 from model.fusion import LayerConcat, TokenFusion, resample_pos_embed, resize_to
 from model.imageio import preprocess, read_image, resize_rgb
 from model.inspector import Inspector
-from model.psg import fine_tune, needs_training
+from model.psg import dense_loss, fine_tune, needs_training
 from tests.conftest import tiny_config
 
 CAIT = "cait_xxs24_224"
@@ -185,6 +185,21 @@ def test_residual_fusion_adds_the_token_update_to_the_fine_local_features(good_i
     assert torch.allclose(got, want, atol=1e-5)
     # The blocks contribute: the output is not the plain concatenation.
     assert not torch.allclose(got, fusion.pool(local), atol=1e-4)
+
+
+def test_dense_loss_targets_the_changed_fraction_of_each_cell():
+    masks = torch.zeros(1, 8, 8, dtype=torch.bool)
+    masks[0, :4, :4] = True  # the top-left cell of a 2x2 grid is wholly changed
+    assert torch.isclose(dense_loss(torch.zeros(1, 1, 2, 2), masks), torch.log(torch.tensor(2.0)))
+    sure = torch.tensor([[[[20.0, -20.0], [-20.0, -20.0]]]])
+    assert dense_loss(sure, masks) < 1e-6 < dense_loss(-sure, masks)
+
+
+def test_dense_loss_trains_the_fusion_differently(good_images):
+    base = {"fusion.enabled": True, "fusion.grid_layer": 2, "fusion.mode": "residual", **QUICK}
+    plain, _, _ = trained(tiny_config(**base), good_images)
+    dense, _, _ = trained(tiny_config(**base, **{"fusion.dense_loss": 1.0}), good_images)
+    assert not torch.equal(plain.fusion.blocks[0].attn.qkv.weight, dense.fusion.blocks[0].attn.qkv.weight)
 
 
 def test_residual_fusion_needs_matching_widths_and_a_known_mode(cait_file):
