@@ -231,9 +231,11 @@ def test_unknown_fusion_source_and_orphan_fusion_are_rejected():
         tiny_config(**{"fusion.enabled": True, "gaussian.enabled": False})
 
 
-def test_onnxruntime_runs_the_fused_path(tiny_data, tmp_path):
+@pytest.mark.parametrize("mode", ["tokens", "residual"])
+def test_onnxruntime_runs_the_fused_path(tiny_data, tmp_path, mode):
     """The fusion blocks export with the backbone: ONNX Runtime agrees with torch (bounds as test_onnx)."""
-    report = fit(tiny_data, "fused", tmp_path, tiny_config(**{"fusion.enabled": True, **QUICK}))
+    config = tiny_config(**{"fusion.enabled": True, "fusion.grid_layer": 2, "fusion.mode": mode, **QUICK})
+    report = fit(tiny_data, "fused", tmp_path, config)
     ours, ort = Inspector.from_artifact(report.artifact), Inspector.from_artifact(report.artifact, runtime="onnxruntime")
     for path in sorted((tiny_data / "test").rglob("*.png"))[:3]:
         image = read_image(str(path))
