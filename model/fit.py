@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,31 +31,12 @@ from model.imageio import preprocess, read_image, resize_rgb
 from model.inspector import Branches, Inspector, Timer, normalization
 from model.memory_bank import MemoryBank, flatten_patches
 from model.postprocess import image_scores
+from model.progress import ProgressFactory, silent_progress
 from model.psg import PSGReport, fine_tune, needs_training
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
-class Progress(Protocol):
-    def update(self, n: int = 1) -> Any: ...
-    def close(self) -> Any: ...
-
-
-ProgressFactory = Callable[[str, int], Progress]
-
-
-class _Silent:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def silent_progress(desc: str, total: int) -> Progress:
-    return _Silent()
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from model.cutpaste import NORMAL, pseudo_views
 from model.features import FeaturePath
 from model.fusion import TokenFusion
 from model.imageio import preprocess
+from model.progress import ProgressFactory, silent_progress
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def fine_tune(
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device | str = "cpu",
-    progress: Callable[[str, int], Any] | None = None,
+    progress: ProgressFactory = silent_progress,
 ) -> PSGReport:
     """Train ``features`` in place on the PSG task over good ``images`` (RGB ``uint8 [S, S, 3]``).
 
@@ -154,7 +155,7 @@ def fine_tune(
     optimizer = _optimizer(features, [head] + ([dense] if dense is not None else []), config)
     per_epoch = math.ceil(len(images) / p.batch_size)
     total = per_epoch * p.epochs if p.max_steps <= 0 else min(per_epoch * p.epochs, p.max_steps)
-    bar = progress("psg", total) if progress else None
+    bar = progress("psg", total)
     report = PSGReport()
     _set_train_mode(features, config)
     head.train()
@@ -183,14 +184,11 @@ def fine_tune(
             losses.append(loss.item())
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
-            if bar is not None:
-                bar.update(1)
-                if hasattr(bar, "set_postfix"):
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{correct / seen:.2f}")
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{correct / seen:.2f}")
         report.epochs.append({"loss": round(float(np.mean(losses)), 4), "accuracy": round(correct / seen, 4)})
         log.info("psg epoch %d: loss %.4f, accuracy %.3f", len(report.epochs), *report.epochs[-1].values())
-    if bar is not None:
-        bar.close()
+    bar.close()
     features.eval()
     for param in features.parameters():
         param.requires_grad_(False)
