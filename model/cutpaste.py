@@ -115,6 +115,5 @@ def cutpaste_scar(
 def pseudo_views(image: np.ndarray, rng: np.random.Generator) -> list[tuple[np.ndarray, int, np.ndarray]]:
     """The three PSG views of one good image, each with its label and changed-pixel mask:
     (normal, 0, empty), (CutPaste, 1, mask), (Scar, 2, mask)."""
-    pasted, scar = cutpaste(image, rng), cutpaste_scar(image, rng)
-    return [(image, NORMAL, np.zeros(image.shape[:2], bool)), (*pasted[:1], CUTPASTE, pasted[1]),
-            (*scar[:1], SCAR, scar[1])]
+    (pasted, pasted_mask), (scar, scar_mask) = cutpaste(image, rng), cutpaste_scar(image, rng)
+    return [(image, NORMAL, np.zeros(image.shape[:2], bool)), (pasted, CUTPASTE, pasted_mask), (scar, SCAR, scar_mask)]

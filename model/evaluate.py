@@ -19,10 +19,10 @@ import numpy as np
 
 from model import metrics, plots
 from model.fit import list_images
-from model.progress import ProgressFactory, silent_progress
 from model.imageio import read_image, resize_rgb
 from model.inspector import Inspector
 from model.postprocess import resize_map
+from model.progress import ProgressFactory, silent_progress
 
 log = logging.getLogger(__name__)
 

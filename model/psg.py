@@ -4,6 +4,10 @@ Every good image gives three views: itself, a CutPaste and a CutPaste-Scar copy
 (``model.cutpaste``). A small head on the globally pooled features learns to tell them
 apart; the gradient reaches the backbone (``psg.enabled``) and the LGFFP fusion blocks
 (``fusion.enabled``). The head is thrown away afterwards: only the features are kept.
+
+Two optional terms (BENCHMARKS.md, "Second round"): ``psg.anchor`` keeps the good views'
+trained-layer features near their start, and ``fusion.dense_loss`` has a 1x1 head on the
+fused map predict which cells the CutPaste views changed.
 """
 
 from __future__ import annotations
