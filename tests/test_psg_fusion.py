@@ -68,7 +68,7 @@ def test_anchor_keeps_the_good_features_near_their_start(good_images):
 
     def drift(anchor: float) -> float:
         config = tiny_config(**{"psg.enabled": True, "psg.freeze_through": 1, "psg.lr": 0.01, "psg.anchor": anchor, **QUICK})
-        features, before, _ = trained(config, good_images)
+        features, _, _ = trained(config, good_images)
         start, _, _ = build_feature_path(config)
         with torch.no_grad():
             old, new = start.eval().backbone(x)[1:], features.backbone(x)[1:]
