@@ -28,8 +28,11 @@ from model.imageio import read_image  # noqa: E402
 from model.inspector import Inspector  # noqa: E402
 
 
-def batch1_latency(inspector: Inspector, files: list[Path], repeats: int = 1) -> dict[str, float]:
-    """Mean per-stage ms at batch 1 over ``files`` (decoded beforehand; decode not included)."""
+def batch1_timings(
+    inspector: Inspector, files: list[Path], repeats: int = 1
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Wall ms of ``inspector.inspect`` per image at batch 1, and each stage's ms, over ``files``
+    (decoded beforehand, so decode is not included; one warm-up call)."""
     images = [read_image(str(f)) for f in files]
     inspector.inspect(images[:1])  # warm-up
     stages: dict[str, list[float]] = {}
@@ -41,6 +44,12 @@ def batch1_latency(inspector: Inspector, files: list[Path], repeats: int = 1) ->
             totals.append((time.perf_counter() - t) * 1000)
             for k, v in res.timings_ms.items():
                 stages.setdefault(k, []).append(v)
+    return totals, stages
+
+
+def batch1_latency(inspector: Inspector, files: list[Path], repeats: int = 1) -> dict[str, float]:
+    """Mean per-stage ms and total p50 / p95 at batch 1 over ``files`` (``batch1_timings``)."""
+    totals, stages = batch1_timings(inspector, files, repeats)
     out = {k: round(float(np.mean(v)), 2) for k, v in stages.items()}
     out["total_p50"] = round(float(np.percentile(totals, 50)), 2)
     out["total_p95"] = round(float(np.percentile(totals, 95)), 2)

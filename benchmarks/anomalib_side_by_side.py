@@ -42,12 +42,12 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ablation import batch1_timings  # noqa: E402
 from model import metrics  # noqa: E402
 from model.backbone import create_feature_extractor  # noqa: E402
 from model.config import FitConfig  # noqa: E402
 from model.evaluate import TestSample, evaluate, list_test_set, read_mask  # noqa: E402
 from model.fit import fit, list_images  # noqa: E402
-from model.imageio import read_image  # noqa: E402
 from model.inspector import Inspector, normalization  # noqa: E402
 
 log = logging.getLogger("anomalib_side_by_side")
@@ -193,18 +193,6 @@ def latency_summary(samples_ms: list[float]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- methods
 
 
-def ours_latency_ms(inspector: Inspector, files: list[Path]) -> list[float]:
-    """Batch-1 wall ms of ``Inspector.inspect`` per image (decoded beforehand; one warm-up call)."""
-    images = [read_image(str(f)) for f in files]
-    inspector.inspect(images[:1])
-    samples = []
-    for image in images:
-        start = time.perf_counter()
-        inspector.inspect([image])
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
-
-
 def run_ours(data: Path, category: str, workdir: Path, lat_files: list[Path]) -> dict[str, Any]:
     """Fit and evaluate our default config; fit seconds are the wall time of ``fit``."""
     config = FitConfig()
@@ -217,7 +205,7 @@ def run_ours(data: Path, category: str, workdir: Path, lat_files: list[Path]) ->
         "method": "ours",
         "fit_seconds": round(fit_s, 2),
         "fit_stage_seconds": report.seconds,
-        "latency_ms": latency_summary(ours_latency_ms(inspector, lat_files)),
+        "latency_ms": latency_summary(batch1_timings(inspector, lat_files)[0]),
         "image_auroc": ev["image_auroc"],
         "pixel_auroc": ev["pixel_auroc"],
         "au_pro": ev["au_pro"],
