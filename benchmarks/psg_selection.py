@@ -79,11 +79,9 @@ def main() -> int:
     for _ in range(args.trials):
         val = np.concatenate([rng.choice(np.flatnonzero(defect == t), args.per_type, replace=False)
                               for t in types])
-        test = np.setdiff1d(np.arange(n_test), val)
-        row = {}
-        for name, (maps, scores) in runs.items():
-            v = np.r_[val, hold_idx]
-            row[name] = tuple(metric_row(maps[i], scores[i], labels[i], masks[i]) for i in (v, test))
+        splits = (np.r_[val, hold_idx], np.setdiff1d(np.arange(n_test), val))
+        row = {name: [metric_row(maps[i], scores[i], labels[i], masks[i]) for i in splits]
+               for name, (maps, scores) in runs.items()}
         val_deltas.append(row["psg"][0] - row["base"][0])
         test_deltas.append(row["psg"][1] - row["base"][1])
     val_deltas, test_deltas = np.array(val_deltas), np.array(test_deltas)
