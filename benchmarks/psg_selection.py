@@ -23,8 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model import metrics  # noqa: E402
-from model.evaluate import list_test_set, read_mask  # noqa: E402
+from model.evaluate import list_test_set, metric_block, read_mask  # noqa: E402
 from model.imageio import read_image  # noqa: E402
 from model.inspector import Inspector  # noqa: E402
 from model.postprocess import resize_map  # noqa: E402
@@ -47,9 +46,8 @@ def artifact_maps(artifact: Path, files: list[Path], size: int) -> tuple[np.ndar
 
 
 def metric_row(maps: np.ndarray, scores: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Image AUROC, pixel AUROC and AU-PRO, as ``evaluate`` computes them."""
-    return np.array([metrics.auroc(scores, labels), metrics.auroc(maps.ravel(), masks.ravel()),
-                     metrics.au_pro(maps, masks)])
+    """Image AUROC, pixel AUROC and AU-PRO (``evaluate.metric_block``) as an array."""
+    return np.array(list(metric_block(scores, labels, maps, masks).values()))
 
 
 def main() -> int:

@@ -72,9 +72,10 @@ def read_mask(sample: TestSample, size: int) -> np.ndarray:
     return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) > 127
 
 
-def _metric_block(
+def metric_block(
     scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | None, masks: np.ndarray | None
 ) -> dict[str, float | None]:
+    """Image AUROC, pixel AUROC and AU-PRO (the pixel ones None without maps or masks)."""
     block: dict[str, float | None] = {"image_auroc": metrics.auroc(scores, labels)}
     if maps is None or masks is None:
         block.update(pixel_auroc=None, au_pro=None)
@@ -126,7 +127,7 @@ def evaluate(
         "resolution": size,
         "crop": "none",
         "device": str(inspector.device),
-        **_metric_block(scores, labels, maps, masks),
+        **metric_block(scores, labels, maps, masks),
         "image_f1": image_counts["f1"],
         "image_counts": image_counts,
         "pixel_f1": (
@@ -147,7 +148,7 @@ def evaluate(
     }
     for defect in sorted({s.defect for s in samples} - {GOOD}):
         sel = np.array([s.defect in (GOOD, defect) for s in samples])
-        block = _metric_block(
+        block = metric_block(
             scores[sel], labels[sel], maps[sel] if maps is not None else None, masks[sel] if masks is not None else None
         )
         block["n"] = int(sum(s.defect == defect for s in samples))
