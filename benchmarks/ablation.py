@@ -5,6 +5,10 @@
 
 Each row is the default config with the overrides in ``model.config.ABLATIONS``. Fit time
 is wall time on this machine; latency is the model path per image at batch 1.
+
+``--defects-per-type K`` draws K labelled defects per defect type from the test set (seeded)
+and gives them to every row's fit (``fit --defects``); every row is then evaluated on the
+rest of the test set, so the rows stay comparable.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.config import ABLATIONS, FitConfig  # noqa: E402
+from model.dataset import TestSample, file_sha256, list_defects  # noqa: E402
 from model.evaluate import evaluate  # noqa: E402
 from model.fit import fit  # noqa: E402
 from model.imageio import read_image  # noqa: E402
@@ -56,6 +61,17 @@ def batch1_latency(inspector: Inspector, files: list[Path], repeats: int = 1) ->
     return out
 
 
+def draw_defects(data: str, per_type: int, seed: int) -> list[TestSample]:
+    """``per_type`` labelled defects of each type of ``<data>/test``, drawn with ``seed``."""
+    if per_type <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    by_type: dict[str, list[TestSample]] = {}
+    for d in list_defects(data):
+        by_type.setdefault(d.defect, []).append(d)
+    return [group[i] for group in by_type.values() for i in sorted(rng.choice(len(group), per_type, replace=False))]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
@@ -67,18 +83,22 @@ def main() -> None:
     p.add_argument("--latency-images", type=int, default=20)
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="override for every row")
     p.add_argument("--label", default="", help="suffix of the row names (with --set)")
+    p.add_argument("--defects-per-type", type=int, default=0, help="labelled defects per type given to the fit")
+    p.add_argument("--defect-seed", type=int, default=0)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     rows = []
     test_files = sorted((Path(args.data) / "test").glob("*/*"))[:: 4][: args.latency_images]
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    defects = draw_defects(args.data, args.defects_per_type, args.defect_seed)
+    exclude = {file_sha256(d.path) for d in defects}
     for row in args.rows.split(","):
         name = row + args.label
         config = FitConfig().with_overrides({**ABLATIONS[row], **extra})
-        report = fit(args.data, f"{args.category}-{name}", args.artifacts, config)
+        report = fit(args.data, f"{args.category}-{name}", args.artifacts, config, defects=defects)
         inspector = Inspector.from_artifact(report.artifact)
-        ev = evaluate(inspector, args.data)
+        ev = evaluate(inspector, args.data, exclude=exclude)
         row = {
             "row": name,
             "image_auroc": ev["image_auroc"],
@@ -90,6 +110,10 @@ def main() -> None:
             "bank_size": report.bank_size,
             "latency_ms_batch1": batch1_latency(inspector, test_files),
             "per_defect": ev["per_defect"],
+            "n_images": ev["n_images"],
+            "defects": [f"{d.defect}/{d.path.name}" for d in defects],
+            "psg": report.psg,
+            "psg_selection": report.psg_selection,
         }
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("row", "image_auroc", "pixel_auroc", "au_pro")}), flush=True)

@@ -46,8 +46,9 @@ from benchmarks.ablation import batch1_timings  # noqa: E402
 from model import metrics  # noqa: E402
 from model.backbone import create_feature_extractor  # noqa: E402
 from model.config import FitConfig  # noqa: E402
-from model.evaluate import TestSample, evaluate, list_test_set, read_mask  # noqa: E402
-from model.fit import fit, list_images  # noqa: E402
+from model.dataset import TestSample, list_images, list_test_set, read_mask  # noqa: E402
+from model.evaluate import evaluate  # noqa: E402
+from model.fit import fit  # noqa: E402
 from model.inspector import Inspector, normalization  # noqa: E402
 
 log = logging.getLogger("anomalib_side_by_side")

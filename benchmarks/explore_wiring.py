@@ -18,9 +18,9 @@ torch.set_num_threads(2)
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
 from model.backbone import create_feature_extractor, frozen
 from model.imageio import preprocess, read_image
-from model.fit import list_images, split_holdout
+from model.dataset import list_images, list_test_set, read_mask
+from model.fit import split_holdout
 from model.config import FitConfig
-from model.evaluate import list_test_set, read_mask
 from model.features import select_dims  # noqa: E402
 from model.fusion import resize_to
 from model.coreset import greedy_coreset

@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.evaluate import evaluate, list_test_set  # noqa: E402
-from model.fit import list_images  # noqa: E402
+from model.dataset import list_images, list_test_set  # noqa: E402
+from model.evaluate import evaluate  # noqa: E402
 from model.imageio import preprocess, preprocess_on_device, read_image  # noqa: E402
 from model.inspector import PRECISIONS, Inspector  # noqa: E402
 

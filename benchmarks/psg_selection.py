@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.evaluate import list_test_set, metric_block, read_mask  # noqa: E402
+from model.dataset import list_test_set, read_mask  # noqa: E402
+from model.metrics import metric_block  # noqa: E402
 from model.imageio import read_image  # noqa: E402
 from model.inspector import Inspector  # noqa: E402
 from model.postprocess import resize_map  # noqa: E402
@@ -46,7 +47,7 @@ def artifact_maps(artifact: Path, files: list[Path], size: int) -> tuple[np.ndar
 
 
 def metric_row(maps: np.ndarray, scores: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Image AUROC, pixel AUROC and AU-PRO (``evaluate.metric_block``) as an array."""
+    """Image AUROC, pixel AUROC and AU-PRO (``metrics.metric_block``) as an array."""
     return np.array(list(metric_block(scores, labels, maps, masks).values()))
 
 

@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.evaluate import evaluate, list_test_set  # noqa: E402
+from model.dataset import list_test_set  # noqa: E402
+from model.evaluate import evaluate  # noqa: E402
 from model.inspector import Inspector  # noqa: E402
 
 

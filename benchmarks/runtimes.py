@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.config import FitConfig  # noqa: E402
-from model.fit import fit, list_images  # noqa: E402
+from model.dataset import list_images  # noqa: E402
+from model.fit import fit  # noqa: E402
 from model.imageio import read_image  # noqa: E402
 from model.inspector import Inspector  # noqa: E402
 from model.synthetic import generate_category  # noqa: E402

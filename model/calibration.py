@@ -50,7 +50,11 @@ def pixel_far_threshold(good_maps: np.ndarray, false_alarm_rate: float) -> float
 
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """The threshold maximising F1 for ``scores [N]`` against binary ``labels [N]``; returns (threshold, f1)."""
+    """The threshold maximising F1 for ``scores [N]`` against binary ``labels [N]``; returns (threshold, f1).
+
+    The decision is ``score > threshold``: the threshold lies halfway between the lowest
+    score flagged and the next lower score.
+    """
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).astype(bool).ravel()
     if not labels.any():
@@ -64,7 +68,9 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     recall = tp[last] / labels.sum()
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     best = int(np.argmax(f1))
-    return float(s[last[best]]), float(f1[best])
+    cut = s[last[best]]
+    below = s[last[best] + 1] if last[best] + 1 < s.size else cut - max(abs(cut), 1.0) * 1e-6
+    return float((cut + below) / 2), float(f1[best])
 
 
 def score_statistics(scores: np.ndarray) -> dict[str, float]:
@@ -89,3 +95,24 @@ def calibrate_on_good(
     pixel = pixel_far_threshold(good_maps, pixel_far)
     scale = max(image - float(np.min(good_scores)), 1e-6 * max(abs(image), 1.0))
     return Thresholds(image=image, pixel=pixel, scale=scale, method=f"far(image={image_far},pixel={pixel_far})")
+
+
+def calibrate_with_defects(
+    scores: np.ndarray, labels: np.ndarray, maps: np.ndarray, masks: np.ndarray | None, pixel_far: float
+) -> Thresholds:
+    """Thresholds maximising F1 on held-out goods plus labelled defects.
+
+    ``scores [N]``, ``labels [N]``, ``maps [N, H, W]``; the pixel threshold maximises pixel
+    F1 against ``masks [N, H, W]``, or without masks stays at ``pixel_far`` of good pixels.
+    """
+    labels = np.asarray(labels).astype(bool)
+    image, _ = best_f1_threshold(scores, labels)
+    if masks is not None:
+        pixel, _ = best_f1_threshold(maps, masks)
+        method = "f1(image,pixel)"
+    else:
+        pixel = pixel_far_threshold(maps[~labels], pixel_far)
+        method = f"f1(image),far(pixel={pixel_far})"
+    good_min = float(np.min(np.asarray(scores)[~labels]))
+    scale = max(image - good_min, 1e-6 * max(abs(image), 1.0))
+    return Thresholds(image=image, pixel=pixel, scale=scale, method=method)

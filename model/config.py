@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+AUTO = "auto"
+
+
 @dataclass
 class BackboneConfig:
     arch: str = "tf_efficientnet_lite2"
@@ -58,9 +61,14 @@ class PSGConfig:
     (about 8 min for bottle on 2 cores). The paper's schedule, for a GPU:
     ``psg.max_steps=0 psg.batch_size=32 psg.lr=0.0003 psg.freeze_through=0`` (64 epochs).
     ``batch_size`` counts good images; each gives 3 views. BENCHMARKS.md compares them.
+
+    ``enabled``: true, false or "auto". PSG helps textured parts (magnetic tile) and costs
+    aligned ones a little localisation (bottle), so "auto" decides per category: with
+    labelled defects (``fit --defects``) the fit builds the artifact with and without PSG
+    and keeps the one better on held-out goods plus those defects; without, PSG is off.
     """
 
-    enabled: bool = False
+    enabled: bool | str = "auto"
     epochs: int = 64
     max_steps: int = 150  # stop after this many optimiser steps (0: run all epochs)
     batch_size: int = 16
@@ -138,6 +146,8 @@ class FitConfig:
             raise ValueError("image_size must be a multiple of 32")
         if self.fusion.enabled and not self.gaussian.enabled:
             raise ValueError("fusion (LGFFP) feeds the Gaussian branch: enable gaussian too")
+        if not (isinstance(self.psg.enabled, bool) or self.psg.enabled == AUTO):
+            raise ValueError(f"psg.enabled must be true, false or {AUTO!r}, got {self.psg.enabled!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,10 +193,12 @@ _SECTION_TYPES = {
 
 # The paper's ablation ladder, as overrides of the default config.
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "nns": {"gaussian.enabled": False},
-    "gaussian": {"nns.enabled": False},
-    "nns_x_gaussian": {},
+    "nns": {"gaussian.enabled": False, "psg.enabled": False},
+    "gaussian": {"nns.enabled": False, "psg.enabled": False},
+    "nns_x_gaussian": {"psg.enabled": False},
     "psg": {"psg.enabled": True},
-    "lgffp": {"fusion.enabled": True, "fusion.grid_layer": 2},
+    "lgffp": {"psg.enabled": False, "fusion.enabled": True, "fusion.grid_layer": 2},
     "psg_lgffp": {"psg.enabled": True, "fusion.enabled": True, "fusion.grid_layer": 2},
+    # The default: PSG chosen per category from labelled defects (NNS x Gaussian without).
+    "auto": {},
 }

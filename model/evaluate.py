@@ -10,15 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from model import metrics, plots
-from model.fit import list_images
+from model.dataset import GOOD, TestSample, check_both_classes, file_sha256, list_test_set, read_mask
 from model.imageio import read_image, resize_rgb
 from model.inspector import Inspector
 from model.postprocess import resize_map
@@ -26,62 +24,10 @@ from model.progress import ProgressFactory, silent_progress
 
 log = logging.getLogger(__name__)
 
-GOOD = "good"
 
-
-@dataclass
-class TestSample:
-    path: Path
-    defect: str  # "good" or the defect type
-    mask_path: Path | None  # None for good images or when there is no ground truth
-
-    @property
-    def label(self) -> int:
-        return int(self.defect != GOOD)
-
-
-def list_test_set(data: Path | str) -> tuple[list[TestSample], bool]:
-    """Test samples of an MVTec-style folder and whether pixel ground truth exists."""
-    data = Path(data)
-    test_dir, gt_dir = data / "test", data / "ground_truth"
-    if not test_dir.is_dir():
-        raise FileNotFoundError(f"no test folder in {data}")
-    has_masks = gt_dir.is_dir()
-    samples = []
-    for defect_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-        defect = defect_dir.name
-        for f in list_images(defect_dir):
-            mask = None
-            if defect != GOOD and has_masks:
-                mask = gt_dir / defect / f"{f.stem}_mask.png"
-                if not mask.is_file():
-                    raise FileNotFoundError(f"missing ground-truth mask {mask}")
-            samples.append(TestSample(f, defect, mask))
-    if not any(s.label for s in samples) or not any(not s.label for s in samples):
-        raise ValueError(f"{test_dir} needs both good and defective images")
-    return samples, has_masks
-
-
-def read_mask(sample: TestSample, size: int) -> np.ndarray:
-    """Ground truth ``[size, size]`` bool, resized by nearest neighbour (all False for good images)."""
-    if sample.mask_path is None:
-        return np.zeros((size, size), dtype=bool)
-    m = cv2.imread(str(sample.mask_path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise ValueError(f"unreadable mask {sample.mask_path}")
-    return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) > 127
-
-
-def metric_block(
-    scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | None, masks: np.ndarray | None
-) -> dict[str, float | None]:
-    """Image AUROC, pixel AUROC and AU-PRO (the pixel ones None without maps or masks)."""
-    block: dict[str, float | None] = {"image_auroc": metrics.auroc(scores, labels)}
-    if maps is None or masks is None:
-        block.update(pixel_auroc=None, au_pro=None)
-    else:
-        block.update(pixel_auroc=metrics.auroc(maps.ravel(), masks.ravel()), au_pro=metrics.au_pro(maps, masks))
-    return block
+def fit_defect_hashes(inspector: Inspector) -> set[str]:
+    """SHA-256 of the labelled defect images the artifact was fitted with (empty without)."""
+    return set((inspector.manifest.get("training", {}).get("defects") or {}).get("sha256", []))
 
 
 def evaluate(
@@ -92,9 +38,19 @@ def evaluate(
     batch_size: int = 8,
     worst_cases: int = 8,
     progress: ProgressFactory = silent_progress,
+    exclude: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``inspector`` on ``<data>/test`` (JSON-ready dict); plots go to ``output_dir``."""
+    """Metrics of ``inspector`` on ``<data>/test`` (JSON-ready dict); plots go to ``output_dir``.
+
+    Test images whose SHA-256 is in ``exclude`` are left out; by default, those the artifact
+    was fitted with as labelled defects (``fit --defects``), which must not be scored twice.
+    """
     samples, has_masks = list_test_set(data)
+    exclude = fit_defect_hashes(inspector) if exclude is None else exclude
+    n_listed = len(samples)
+    if exclude:
+        samples = [s for s in samples if file_sha256(s.path) not in exclude]
+        check_both_classes(samples, f"{data}/test without the fit's {n_listed - len(samples)} defect images")
     size = eval_size or inspector.config.image_size
     n = len(samples)
     scores = np.zeros(n)
@@ -127,7 +83,7 @@ def evaluate(
         "resolution": size,
         "crop": "none",
         "device": str(inspector.device),
-        **metric_block(scores, labels, maps, masks),
+        **metrics.metric_block(scores, labels, maps, masks),
         "image_f1": image_counts["f1"],
         "image_counts": image_counts,
         "pixel_f1": (
@@ -137,6 +93,7 @@ def evaluate(
         ),
         "thresholds": thresholds.to_dict(),
         "n_images": n,
+        "n_excluded": n_listed - n,
         "n_defective": int(labels.sum()),
         "per_defect": {},
         "timings_ms_per_image": {k: round(v / n, 3) for k, v in stage_ms.items()},
@@ -148,7 +105,7 @@ def evaluate(
     }
     for defect in sorted({s.defect for s in samples} - {GOOD}):
         sel = np.array([s.defect in (GOOD, defect) for s in samples])
-        block = metric_block(
+        block = metrics.metric_block(
             scores[sel], labels[sel], maps[sel] if maps is not None else None, masks[sel] if masks is not None else None
         )
         block["n"] = int(sum(s.defect == defect for s in samples))

@@ -8,7 +8,6 @@ write (atomic publish).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
 from collections.abc import Iterator, Sequence
@@ -21,9 +20,11 @@ import torch
 
 from model.artifact import artifact_size_bytes, validate_category, write_artifact
 from model.backbone import create_feature_extractor
-from model.calibration import calibrate_on_good, score_statistics
-from model.config import FitConfig
+from model import metrics
+from model.calibration import calibrate_on_good, calibrate_with_defects, score_statistics
+from model.config import AUTO, FitConfig
 from model.coreset import greedy_coreset
+from model.dataset import TestSample, file_sha256, fingerprint, list_images, read_mask
 from model.features import FeaturePath, assemble, select_dims
 from model.fusion import TokenFusion, build_fusion, fusion_channels
 from model.gaussian import GaussianAccumulator, GaussianModel
@@ -36,9 +37,6 @@ from model.psg import PSGReport, fine_tune, needs_training
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-
 @dataclass
 class FitReport:
     artifact: Path
@@ -49,23 +47,9 @@ class FitReport:
     artifact_bytes: int = 0
     n_fit: int = 0
     n_holdout: int = 0
-
-
-def list_images(folder: Path | str) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no such folder: {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def fingerprint(files: Sequence[Path]) -> str:
-    """SHA-256 over the names and contents of ``files``."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        h.update(hashlib.sha256(f.read_bytes()).digest())
-    return h.hexdigest()
+    n_defects: int = 0
+    psg: bool = False
+    psg_selection: dict | None = None  # with psg.enabled="auto" and labelled defects
 
 
 def split_holdout(files: Sequence[Path], config: FitConfig) -> tuple[list[Path], list[Path]]:
@@ -139,16 +123,97 @@ def build_memory_bank(patches: torch.Tensor, config: FitConfig, progress: Progre
 
 
 @torch.inference_mode()
-def held_out_maps(inspector: Inspector, files: Sequence[Path], progress: ProgressFactory) -> np.ndarray:
-    """Final maps ``[N, S, S]`` of the held-out images."""
+def image_maps(inspector: Inspector, files: Sequence[Path], progress: ProgressFactory, desc: str) -> np.ndarray:
+    """Final maps ``[N, S, S]`` of ``files``."""
     out = []
-    bar = progress("calibrate", len(files))
+    bar = progress(desc, len(files))
     for images in batches(files, inspector.config.batch_size):
         x = preprocess(images, inspector.config.image_size, inspector.mean, inspector.std)
         out.append(inspector.maps(x).float().cpu().numpy())
         bar.update(len(images))
     bar.close()
     return np.concatenate(out)
+
+
+@dataclass
+class Variant:
+    """One fitted configuration: feature path, scoring branches and what it cost."""
+
+    config: FitConfig
+    features: FeaturePath
+    bank: MemoryBank | None
+    gaussian: GaussianModel | None
+    mean: list[float]
+    std: list[float]
+    n_patches: int
+    psg: PSGReport | None
+
+    def inspector(self, device: str) -> Inspector:
+        return Inspector(self.config, self.features, Branches(self.bank, self.gaussian), None, self.mean, self.std,
+                         device)
+
+    def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        tensors: dict[str, dict[str, torch.Tensor]] = {"backbone": self.features.backbone.state_dict()}
+        if isinstance(self.features.fusion, TokenFusion):
+            tensors["fusion"] = self.features.fusion.state_dict()
+        if self.bank is not None:
+            tensors["memory_bank"] = self.bank.tensors()
+        if self.gaussian is not None:
+            tensors["gaussian"] = {**self.gaussian.tensors(), "dims": self.features.gauss_dims}
+        return tensors
+
+
+def fit_variant(
+    config: FitConfig, files: Sequence[Path], device: str, progress: ProgressFactory, watch: Timer
+) -> Variant:
+    """Feature path (PSG-trained when configured), memory bank and Gaussians from the good ``files``."""
+    with watch.stage("backbone"):
+        features, mean, std = build_feature_path(config)
+        features = features.eval().to(device)
+    psg = None
+    if needs_training(config):
+        with watch.stage("psg"):
+            psg = train_psg(features, files, config, mean, std, device, progress)
+    with watch.stage("features"):
+        patches, acc = extract(features, files, config, mean, std, device, progress)
+    bank = None
+    if config.nns.enabled:
+        with watch.stage("coreset"):
+            bank = build_memory_bank(patches, config, progress)
+    gaussian = None
+    if config.gaussian.enabled:
+        with watch.stage("gaussian"):
+            gaussian = GaussianModel(*acc.finalize(config.gaussian.reg))
+    return Variant(config, features, bank, gaussian, mean, std, int(patches.shape[0]), psg)
+
+
+def psg_variants(config: FitConfig, has_defects: bool) -> list[FitConfig]:
+    """The configs to fit: ``psg.enabled="auto"`` means both (without PSG first) when there are
+    labelled defects to choose with, and no PSG without them."""
+    if config.psg.enabled != AUTO:
+        return [config]
+    off = config.with_overrides({"psg.enabled": False})
+    return [off, config.with_overrides({"psg.enabled": True})] if has_defects else [off]
+
+
+def prefer_psg(without: dict[str, float | None], with_psg: dict[str, float | None]) -> bool:
+    """The selection rule: PSG is kept when the mean of its validation deltas (image AUROC,
+    pixel AUROC, AU-PRO; those defined) is positive. BENCHMARKS.md ("Third round") measured it."""
+    deltas = [with_psg[k] - v for k, v in without.items() if v is not None and with_psg[k] is not None]
+    return float(np.mean(deltas)) > 0
+
+
+def defects_summary(defects: Sequence[TestSample]) -> dict:
+    per_type: dict[str, int] = {}
+    for d in defects:
+        per_type[d.defect] = per_type.get(d.defect, 0) + 1
+    return {
+        "n": len(defects),
+        "per_type": per_type,
+        "with_masks": all(d.mask_path is not None for d in defects),
+        "files": [f"{d.defect}/{d.path.name}" for d in defects],
+        "sha256": [file_sha256(d.path) for d in defects],
+    }
 
 
 def library_versions() -> dict[str, str]:
@@ -165,53 +230,51 @@ def fit(
     config: FitConfig | None = None,
     device: str = "cpu",
     progress: ProgressFactory = silent_progress,
+    defects: Sequence[TestSample] = (),
 ) -> FitReport:
-    """Fit ``category`` from ``<data>/train/good`` and publish ``<artifacts>/<category>``."""
+    """Fit ``category`` from ``<data>/train/good`` and publish ``<artifacts>/<category>``.
+
+    ``defects``: labelled defect images (``dataset.list_defects``). With them, the
+    thresholds maximise F1 on the held-out goods plus the defects, and ``psg.enabled="auto"``
+    keeps PSG only where it scores better there (``prefer_psg``).
+    """
     validate_category(category)
     config = config or FitConfig()
     torch.manual_seed(config.seed)
     watch = Timer(torch.device(device))
     files = list_images(Path(data) / "train" / "good")
     fit_files, hold_files = split_holdout(files, config)
-    log.info("fitting %s on %d images, %d held out", category, len(fit_files), len(hold_files))
+    log.info("fitting %s on %d images, %d held out, %d labelled defects", category, len(fit_files),
+             len(hold_files), len(defects))
 
-    with watch.stage("backbone"):
-        features, mean, std = build_feature_path(config)
-        features = features.eval().to(device)
-    psg = None
-    if needs_training(config):
-        with watch.stage("psg"):
-            psg = train_psg(features, fit_files, config, mean, std, device, progress)
-    with watch.stage("features"):
-        patches, acc = extract(features, fit_files, config, mean, std, device, progress)
-    bank = None
-    if config.nns.enabled:
-        with watch.stage("coreset"):
-            bank = build_memory_bank(patches, config, progress)
-    gaussian = None
-    if config.gaussian.enabled:
-        with watch.stage("gaussian"):
-            gaussian = GaussianModel(*acc.finalize(config.gaussian.reg))
-    del acc
-
-    inspector = Inspector(config, features, Branches(bank, gaussian), None, mean, std, device)
-    with watch.stage("calibrate"):
-        maps = held_out_maps(inspector, hold_files, progress)
-        scores = image_scores(torch.from_numpy(maps)).numpy()
-        cal = config.calibration
+    labels = np.r_[np.zeros(len(hold_files), int), np.ones(len(defects), int)]
+    with_masks = bool(defects) and all(d.mask_path is not None for d in defects)
+    masks = None
+    if with_masks:
+        good_masks = [np.zeros((config.image_size,) * 2, bool)] * len(hold_files)
+        masks = np.stack(good_masks + [read_mask(d, config.image_size) for d in defects])
+    fitted = []  # (variant, validation maps, validation metrics)
+    for variant_config in psg_variants(config, bool(defects)):
+        variant = fit_variant(variant_config, fit_files, device, progress, watch)
+        inspector = variant.inspector(device)
+        with watch.stage("calibrate"):
+            maps = image_maps(inspector, [*hold_files, *(d.path for d in defects)], progress, "validate")
+            scores = image_scores(torch.from_numpy(maps)).numpy()
+        block = metrics.metric_block(scores, labels, maps, masks) if defects else None
+        fitted.append((variant, maps, scores, block))
+    chosen = 1 if len(fitted) == 2 and prefer_psg(fitted[0][3], fitted[1][3]) else 0
+    variant, maps, scores, block = fitted[chosen]
+    cal = config.calibration
+    if defects:
+        thresholds = calibrate_with_defects(scores, labels, maps, masks, cal.pixel_false_alarm_rate)
+    else:
         thresholds = calibrate_on_good(scores, maps, cal.image_false_alarm_rate, cal.pixel_false_alarm_rate)
+    good_scores = scores[labels == 0]
 
-    tensors: dict[str, dict[str, torch.Tensor]] = {"backbone": features.backbone.state_dict()}
-    if isinstance(features.fusion, TokenFusion):
-        tensors["fusion"] = features.fusion.state_dict()
-    if bank is not None:
-        tensors["memory_bank"] = bank.tensors()
-    if gaussian is not None:
-        tensors["gaussian"] = {**gaussian.tensors(), "dims": features.gauss_dims}
     manifest = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config.to_dict(),
-        "normalization": {"mean": mean, "std": std},
+        "config": variant.config.to_dict(),
+        "normalization": {"mean": variant.mean, "std": variant.std},
         "versions": library_versions(),
         "training": {
             "data": str(Path(data).resolve()),
@@ -220,21 +283,28 @@ def fit(
             "n_holdout": len(hold_files),
             "holdout_files": [f.name for f in hold_files],
             "fingerprint": fingerprint(files),
+            "defects": defects_summary(defects) if defects else None,
         },
         "calibration": {
             "thresholds": thresholds.to_dict(),
-            "holdout_scores": score_statistics(scores),
+            "holdout_scores": score_statistics(good_scores),
+            "validation": block,
         },
         "fit": {
             "device": device,
-            "n_patches": int(patches.shape[0]) if config.nns.enabled else 0,
-            "bank_size": int(bank.bank.shape[0]) if bank is not None else 0,
+            "n_patches": variant.n_patches if variant.bank is not None else 0,
+            "bank_size": int(variant.bank.bank.shape[0]) if variant.bank is not None else 0,
             "seconds": {k: round(v / 1000, 3) for k, v in watch.ms.items()},
-            "psg": psg.to_dict() if psg is not None else None,
+            "psg": variant.psg.to_dict() if variant.psg is not None else None,
+            "psg_selection": {
+                "rule": "mean of the validation deltas (image AUROC, pixel AUROC, AU-PRO) > 0",
+                "validation": {"without_psg": fitted[0][3], "with_psg": fitted[1][3]},
+                "chosen": "with_psg" if chosen else "without_psg",
+            } if len(fitted) == 2 else None,
         },
     }
     with watch.stage("write"):
-        path = write_artifact(artifacts, category, manifest, tensors)
+        path = write_artifact(artifacts, category, manifest, variant.tensors())
     seconds = {k: round(v / 1000, 3) for k, v in watch.ms.items()}
     seconds["total"] = round(sum(seconds.values()), 3)
     report = FitReport(
@@ -246,6 +316,9 @@ def fit(
         artifact_bytes=artifact_size_bytes(path),
         n_fit=len(fit_files),
         n_holdout=len(hold_files),
+        n_defects=len(defects),
+        psg=variant.config.psg.enabled,
+        psg_selection=manifest["fit"]["psg_selection"],
     )
     log.info("fit %s done in %.1f s: %s", category, seconds["total"], seconds)
     return report

@@ -240,3 +240,15 @@ def binary_counts(scores: np.ndarray, labels: np.ndarray, threshold: float) -> d
 def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:
     """F1 of ``score > threshold`` on ``scores [N]`` against binary ``labels [N]``."""
     return binary_counts(scores, labels, threshold)["f1"]
+
+
+def metric_block(
+    scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | None, masks: np.ndarray | None
+) -> dict[str, float | None]:
+    """Image AUROC, pixel AUROC and AU-PRO (the pixel ones None without maps or masks)."""
+    block: dict[str, float | None] = {"image_auroc": auroc(scores, labels)}
+    if maps is None or masks is None:
+        block.update(pixel_auroc=None, au_pro=None)
+    else:
+        block.update(pixel_auroc=auroc(maps.ravel(), masks.ravel()), au_pro=au_pro(maps, masks))
+    return block

@@ -56,7 +56,7 @@ class PSGHead(nn.Module):
 
 def needs_training(config: FitConfig) -> bool:
     """True when some block of ``config`` is trained on the PSG task."""
-    return config.psg.enabled or (config.fusion.enabled and config.fusion.source == "train")
+    return config.psg.enabled is True or (config.fusion.enabled and config.fusion.source == "train")
 
 
 def _forward(
@@ -146,8 +146,11 @@ def fine_tune(
     """Train ``features`` in place on the PSG task over good ``images`` (RGB ``uint8 [S, S, 3]``).
 
     Seeded by ``config.seed``: the same images and config give the same weights.
+    ``psg.enabled`` must be true or false: the fit resolves "auto" (``model.fit.psg_variants``).
     """
     p = config.psg
+    if not isinstance(p.enabled, bool):
+        raise ValueError(f"psg.enabled={p.enabled!r} must be resolved to true or false before training")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     features.to(device)

@@ -51,12 +51,23 @@ def load_config(config_file: str | None, overrides: list[str]):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from model.dataset import list_defects
     from model.fit import fit
 
     config = load_config(args.config, args.set)
-    report = fit(args.data, args.category, args.artifacts, config, device=args.device, progress=_progress)
+    defects = list_defects(args.defects) if args.defects else ()
+    report = fit(args.data, args.category, args.artifacts, config, device=args.device, progress=_progress,
+                 defects=defects)
     print(f"artifact   {report.artifact} -> {report.artifact_id}")
-    print(f"images     {report.n_fit} fit, {report.n_holdout} held out for calibration")
+    print(f"images     {report.n_fit} fit, {report.n_holdout} held out and {report.n_defects} labelled defects "
+          "for calibration")
+    if report.psg_selection:
+        v = report.psg_selection["validation"]
+        print(f"psg        {'on' if report.psg else 'off'}, chosen on validation: "
+              + ", ".join(f"{name} {' / '.join('n/a' if x is None else f'{x:.4f}' for x in m.values())}"
+                          for name, m in v.items()) + " (image AUROC / pixel AUROC / AU-PRO)")
+    else:
+        print(f"psg        {'on' if report.psg else 'off'}")
     print(f"bank       {report.bank_size} vectors (of {report.n_patches} patches)")
     print(f"size       {report.artifact_bytes / 1e6:.1f} MB")
     print("seconds    " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
@@ -115,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", required=True, help="category folder in MVTec layout")
     f.add_argument("--category", required=True)
     f.add_argument("--artifacts", required=True, help="artifacts root; writes <root>/<category>")
+    f.add_argument("--defects", help="labelled defect images, as <dir>/test/<type>/*.png with optional "
+                   "<dir>/ground_truth/<type>/<stem>_mask.png: F1 thresholds, and psg.enabled=auto chooses with them")
     f.add_argument("--device", default="cpu")
     f.add_argument("--config", help="fit config JSON (see model/config.py)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

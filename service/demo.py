@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from model.fit import fit, list_images
+from model.dataset import list_images
+from model.fit import fit
 from model.progress import ProgressFactory, silent_progress
 from model.synthetic import generate_category
 from service.app import create_app

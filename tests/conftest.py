@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def tiny_config(**overrides) -> FitConfig:
     }
     base.update(overrides)
     return FitConfig().with_overrides(base)
+
+
+def config_args(config: FitConfig) -> list[str]:
+    """``--set key=value`` CLI arguments that reproduce ``config``."""
+    args = []
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            args += [a for k, v in value.items() for a in ("--set", f"{key}.{k}={json.dumps(v)}")]
+        else:
+            args += ["--set", f"{key}={json.dumps(value)}"]
+    return args
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from model.inspector import Inspector
 from service.app import create_app
 from service.cli import main as cli_main
 from service.settings import Settings
-from tests.conftest import REPO, shared_category, tiny_config
+from tests.conftest import REPO, config_args, shared_category, tiny_config
 
 
 def test_artifact_has_manifest_hashes_and_no_pickle(tiny_artifacts):
@@ -120,11 +120,7 @@ def test_evaluate_without_ground_truth_gives_image_metrics_only(tiny_artifacts, 
 def test_cli_fit_evaluate_and_server_agree_on_scores(tiny_data, tmp_path, capsys):
     root = tmp_path / "arts"
     args = ["fit", "--data", str(tiny_data), "--category", "tiles", "--artifacts", str(root)]
-    for key, value in tiny_config().to_dict().items():
-        if isinstance(value, dict):
-            args += [a for k, v in value.items() for a in ("--set", f"{key}.{k}={json.dumps(v)}")]
-        else:
-            args += ["--set", f"{key}={json.dumps(value)}"]
+    args += config_args(tiny_config())
     assert cli_main(args) == 0
     assert "bank" in capsys.readouterr().out
     out = tmp_path / "eval.json"

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from model.artifact import load_artifact
 from model.backbone import WeightsError, timm_hub_state_dict
-from model.fit import build_feature_path, fit, list_images
+from model.dataset import list_images
+from model.fit import build_feature_path, fit
 from model.fusion import LayerConcat, TokenFusion, resample_pos_embed, resize_to
 from model.imageio import preprocess, read_image, resize_rgb
 from model.inspector import Inspector
@@ -85,12 +86,19 @@ def test_batchnorm_statistics_adapt_when_unfrozen(good_images):
 
 
 def test_fusion_alone_keeps_the_backbone(good_images):
-    config = tiny_config(**{"fusion.enabled": True, **QUICK})
+    config = tiny_config(**{"fusion.enabled": True, "psg.enabled": False, **QUICK})
     assert needs_training(config) and not needs_training(tiny_config())
     features, before, _ = trained(config, good_images)
     after = features.state_dict()
     assert not changed(before, after, "backbone.")
     assert changed(before, after, "fusion.blocks.") and changed(before, after, "fusion.pos_embed")
+
+
+def test_psg_auto_must_be_resolved_before_training(good_images):
+    config = tiny_config(**{"fusion.enabled": True, **QUICK})
+    features, mean, std = build_feature_path(config)
+    with pytest.raises(ValueError, match="resolved"):
+        fine_tune(features, good_images, config, mean, std)
 
 
 def test_progress_shows_loss_and_accuracy(good_images):
@@ -165,7 +173,8 @@ def test_paper_wiring_with_cait_weights_from_a_file(cait_file, tiny_data, tmp_pa
 
 
 def test_residual_fusion_adds_the_token_update_to_the_fine_local_features(good_images):
-    config = tiny_config(**{"fusion.enabled": True, "fusion.grid_layer": 2, "fusion.mode": "residual", **QUICK})
+    config = tiny_config(**{"fusion.enabled": True, "fusion.grid_layer": 2, "fusion.mode": "residual", "psg.enabled": False,
+                            **QUICK})
     features, _, _ = trained(config, good_images)
     fusion = features.fusion
     x = torch.randn(2, 3, 64, 64)
@@ -196,7 +205,7 @@ def test_dense_loss_targets_the_changed_fraction_of_each_cell():
 
 
 def test_dense_loss_trains_the_fusion_differently(good_images):
-    base = {"fusion.enabled": True, "fusion.grid_layer": 2, "fusion.mode": "residual", **QUICK}
+    base = {"fusion.enabled": True, "fusion.grid_layer": 2, "fusion.mode": "residual", "psg.enabled": False, **QUICK}
     plain, _, _ = trained(tiny_config(**base), good_images)
     dense, _, _ = trained(tiny_config(**base, **{"fusion.dense_loss": 1.0}), good_images)
     assert not torch.equal(plain.fusion.blocks[0].attn.qkv.weight, dense.fusion.blocks[0].attn.qkv.weight)

@@ -1,0 +1,141 @@
+"""Labelled defects at fit time: listing, F1 thresholds, PSG chosen per category, and evaluate
+leaving the fit's defects out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from model.artifact import load_artifact
+from model.calibration import calibrate_with_defects
+from model.config import FitConfig
+from model.dataset import file_sha256, list_defects
+from model.evaluate import evaluate
+from model.fit import build_feature_path, fit, prefer_psg
+from model.inspector import Inspector
+from service.cli import main as cli_main
+from tests.conftest import config_args, tiny_config
+
+QUICK = {"psg.max_steps": 3, "psg.batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def defects(tiny_data):
+    return list_defects(tiny_data)[::2]
+
+
+def manifest_of(report) -> dict:
+    return json.loads((report.artifact / "manifest.json").read_text())
+
+
+def test_list_defects_takes_the_defect_folders_with_their_masks(tiny_data, tmp_path):
+    found = list_defects(tiny_data)
+    assert found and all(d.label and d.mask_path is not None and d.mask_path.is_file() for d in found)
+    assert len(found) == sum(1 for p in (tiny_data / "test").rglob("*.png") if p.parent.name != "good")
+    nomasks = tmp_path / "nomasks"
+    shutil.copytree(tiny_data / "test", nomasks / "test")
+    assert all(d.mask_path is None for d in list_defects(nomasks))
+    shutil.rmtree(nomasks / "test")
+    (nomasks / "test" / "good").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no defect images"):
+        list_defects(nomasks)
+
+
+def test_f1_thresholds_separate_goods_and_defects():
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 6 + [1] * 3)
+    scores = np.r_[rng.uniform(1, 2, 6), rng.uniform(3, 4, 3)]
+    maps = rng.uniform(0, 1, (9, 8, 8)).astype(np.float32)
+    masks = np.zeros_like(maps, dtype=bool)
+    masks[6:, 2:4, 2:4] = True
+    maps[masks] += 2
+    t = calibrate_with_defects(scores, labels, maps, masks, pixel_far=0.01)
+    assert scores[:6].max() < t.image < scores[6:].min() and t.method == "f1(image,pixel)"
+    assert np.array_equal(maps > t.pixel, masks)
+    no_masks = calibrate_with_defects(scores, labels, maps, None, pixel_far=0.01)
+    assert no_masks.image == t.image and no_masks.method.startswith("f1(image),far")
+    assert np.mean(maps[:6] > no_masks.pixel) == pytest.approx(0.01, abs=0.005)
+
+
+def test_prefer_psg_is_the_mean_of_the_defined_deltas():
+    base = {"image_auroc": 0.90, "pixel_auroc": 0.80, "au_pro": 0.70}
+    assert prefer_psg(base, {"image_auroc": 0.89, "pixel_auroc": 0.83, "au_pro": 0.70})
+    assert not prefer_psg(base, {"image_auroc": 0.88, "pixel_auroc": 0.81, "au_pro": 0.70})
+    assert not prefer_psg(base, dict(base))
+    no_pixels = {"image_auroc": 0.90, "pixel_auroc": None, "au_pro": None}
+    assert prefer_psg(no_pixels, {"image_auroc": 0.91, "pixel_auroc": None, "au_pro": None})
+
+
+def test_psg_enabled_accepts_only_true_false_or_auto():
+    assert FitConfig().psg.enabled == "auto"
+    for bad in ("maybe", 1, None):
+        with pytest.raises(ValueError, match="psg.enabled"):
+            FitConfig().with_overrides({"psg.enabled": bad})
+
+
+def test_auto_without_defects_is_nns_x_gaussian(tiny_data, tmp_path):
+    report = fit(tiny_data, "auto", tmp_path, tiny_config(**QUICK))
+    m = manifest_of(report)
+    assert m["config"]["psg"]["enabled"] is False and m["fit"]["psg_selection"] is None
+    assert "psg" not in m["fit"]["seconds"] and m["calibration"]["thresholds"]["method"].startswith("far(")
+    assert m["training"]["defects"] is None and m["calibration"]["validation"] is None
+
+
+@pytest.mark.parametrize("keep_psg", [False, True])
+def test_auto_with_defects_fits_both_and_publishes_the_chosen_one(tiny_data, tmp_path, defects, monkeypatch,
+                                                                  keep_psg):
+    calls = []
+
+    def rule(without, with_psg):
+        calls.append((without, with_psg))
+        return keep_psg
+
+    monkeypatch.setattr("model.fit.prefer_psg", rule)
+    config = tiny_config(**QUICK)
+    report = fit(tiny_data, "auto", tmp_path, config, defects=defects)
+    m = manifest_of(report)
+    selection = m["fit"]["psg_selection"]
+    assert len(calls) == 1 and selection["chosen"] == ("with_psg" if keep_psg else "without_psg")
+    assert [selection["validation"]["without_psg"], selection["validation"]["with_psg"]] == list(calls[0])
+    assert calls[0][0] != calls[0][1]  # the two variants score differently
+    assert m["config"]["psg"]["enabled"] is keep_psg and report.psg is keep_psg
+    assert m["calibration"]["validation"] == selection["validation"][selection["chosen"]]
+    assert m["calibration"]["thresholds"]["method"] == "f1(image,pixel)"
+    assert m["training"]["defects"]["sha256"] == [file_sha256(d.path) for d in defects]
+    untrained, _, _ = build_feature_path(config.with_overrides({"psg.enabled": False}))
+    published = load_artifact(report.artifact).tensors["backbone"]
+    same = all(torch.equal(v, published[k]) for k, v in untrained.backbone.state_dict().items())
+    assert same is not keep_psg
+
+
+def test_fixed_psg_setting_with_defects_fits_once_with_f1_thresholds(tiny_data, tmp_path, defects):
+    report = fit(tiny_data, "off", tmp_path, tiny_config(**{"psg.enabled": False}), defects=defects)
+    m = manifest_of(report)
+    assert m["fit"]["psg_selection"] is None and "psg" not in m["fit"]["seconds"]
+    assert m["calibration"]["thresholds"]["method"] == "f1(image,pixel)"
+    assert set(m["calibration"]["validation"]) == {"image_auroc", "pixel_auroc", "au_pro"}
+
+
+def test_evaluate_leaves_out_the_fit_defects(tiny_data, tmp_path, defects):
+    inspector = Inspector.from_artifact(fit(tiny_data, "d", tmp_path, tiny_config(), defects=defects).artifact)
+    total = sum(1 for _ in (tiny_data / "test").rglob("*.png"))
+    report = evaluate(inspector, tiny_data)
+    assert report["n_excluded"] == len(defects) and report["n_images"] == total - len(defects)
+    assert not {str(d.path) for d in defects} & {item["file"] for item in report["images"]}
+    everything = evaluate(inspector, tiny_data, exclude=set())
+    assert everything["n_excluded"] == 0 and everything["n_images"] == total
+
+
+def test_cli_fit_with_defects_reports_the_choice(tiny_data, tmp_path, capsys):
+    args = ["fit", "--data", str(tiny_data), "--category", "cli", "--artifacts", str(tmp_path / "arts"),
+            "--defects", str(tiny_data)]
+    args += config_args(tiny_config(**QUICK))
+    assert cli_main(args) == 0
+    out = capsys.readouterr().out
+    assert "chosen on validation: without_psg" in out and "labelled defects" in out
+    assert cli_main(args + ["--set", "psg.enabled=maybe"]) == 2
+    assert "psg.enabled must be" in capsys.readouterr().err
