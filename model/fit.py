@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from model import metrics
 from model.artifact import artifact_size_bytes, validate_category, write_artifact
 from model.backbone import create_feature_extractor
-from model import metrics
 from model.calibration import calibrate_on_good, calibrate_with_defects, score_statistics
 from model.config import AUTO, FitConfig
 from model.coreset import greedy_coreset
@@ -28,6 +28,7 @@ from model.dataset import TestSample, file_sha256, fingerprint, list_images, rea
 from model.features import FeaturePath, assemble, select_dims
 from model.fusion import TokenFusion, build_fusion, fusion_channels
 from model.gaussian import GaussianAccumulator, GaussianModel
+from model.host import keep_freed_memory
 from model.imageio import preprocess, read_image, resize_rgb
 from model.inspector import Branches, Inspector, Timer, normalization
 from model.memory_bank import MemoryBank, flatten_patches
@@ -237,9 +238,11 @@ def fit(
     ``defects``: labelled defect images (``dataset.list_defects``). With them, the
     thresholds maximise F1 on the held-out goods plus the defects, and ``psg.enabled="auto"``
     keeps PSG only where it scores better there (``prefer_psg``).
+    Sets this process's malloc to keep freed memory (``host.keep_freed_memory``).
     """
     validate_category(category)
     config = config or FitConfig()
+    keep_freed_memory()
     torch.manual_seed(config.seed)
     watch = Timer(torch.device(device))
     files = list_images(Path(data) / "train" / "good")

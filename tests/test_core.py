@@ -1,5 +1,8 @@
 """Unit tests of the scoring core on tiny tensors."""
 
+import ctypes
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,7 @@ from model.coreset import greedy_coreset
 from model.features import select_dims
 from model.fusion import LayerConcat
 from model.gaussian import GaussianAccumulator, GaussianModel, neighbourhood_shifts
+from model.host import keep_freed_memory
 from model.memory_bank import MemoryBank
 from model.postprocess import AnomalyMapCombiner, find_regions, gaussian_kernel1d, image_scores, normalized_score
 
@@ -204,3 +208,18 @@ def test_best_f1_threshold():
     labels = np.array([0, 0, 0, 1, 1, 1])
     t, f1 = best_f1_threshold(scores, labels)
     assert 0.3 < t < 0.35 and f1 == 1.0 and np.array_equal(scores > t, labels == 1)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc settings")
+def test_keep_freed_memory_serves_large_blocks_from_the_heap():
+    """After ``keep_freed_memory`` a 64 MB block (above glibc's largest mmap threshold) comes
+    from the brk heap, below the program break, instead of a fresh mapping."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype = libc.sbrk.restype = ctypes.c_void_p
+    libc.malloc.argtypes, libc.sbrk.argtypes, libc.free.argtypes = [ctypes.c_size_t], [ctypes.c_ssize_t], [ctypes.c_void_p]
+    assert keep_freed_memory()
+    block = libc.malloc(64 << 20)
+    try:
+        assert block and block < libc.sbrk(0)
+    finally:
+        libc.free(block)

@@ -3,6 +3,7 @@ leaving the fit's defects out."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -18,7 +19,7 @@ from model.evaluate import evaluate
 from model.fit import build_feature_path, fit, prefer_psg
 from model.inspector import Inspector
 from service.cli import main as cli_main
-from tests.conftest import config_args, tiny_config
+from tests.conftest import REPO, config_args, tiny_config
 
 QUICK = {"psg.max_steps": 3, "psg.batch_size": 4}
 
@@ -139,3 +140,16 @@ def test_cli_fit_with_defects_reports_the_choice(tiny_data, tmp_path, capsys):
     assert "chosen on validation: without_psg" in out and "labelled defects" in out
     assert cli_main(args + ["--set", "psg.enabled=maybe"]) == 2
     assert "psg.enabled must be" in capsys.readouterr().err
+
+
+def test_ablation_draws_the_same_defects_per_type_for_every_row(tiny_data):
+    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    drawn = ablation.draw_defects(str(tiny_data), 2, seed=0)
+    types = {d.defect for d in list_defects(tiny_data)}
+    assert len(drawn) == 2 * len(types) and len({d.path for d in drawn}) == len(drawn)
+    assert all(sum(d.defect == t for d in drawn) == 2 for t in types)
+    assert [d.path for d in drawn] == [d.path for d in ablation.draw_defects(str(tiny_data), 2, seed=0)]
+    assert ablation.draw_defects(str(tiny_data), 0, seed=0) == []
+
