@@ -58,7 +58,7 @@ class PSGConfig:
 
     The default is a CPU-sized run: 150 steps of 16 images at lr 1e-3, training only what
     comes after layer 2, so the Gaussian branch's layers 1-2 keep their ImageNet weights
-    (about 8 min for bottle on 2 cores). The paper's schedule, for a GPU:
+    (about 6 min for bottle on 2 cores). The paper's schedule, for a GPU:
     ``psg.max_steps=0 psg.batch_size=32 psg.lr=0.0003 psg.freeze_through=0`` (64 epochs).
     ``batch_size`` counts good images; each gives 3 views. BENCHMARKS.md compares them.
 
@@ -68,7 +68,7 @@ class PSGConfig:
     and keeps the one better on held-out goods plus those defects; without, PSG is off.
     """
 
-    enabled: bool | str = "auto"
+    enabled: bool | str = AUTO
     epochs: int = 64
     max_steps: int = 150  # stop after this many optimiser steps (0: run all epochs)
     batch_size: int = 16

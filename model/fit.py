@@ -1,9 +1,11 @@
-"""The offline fit job: good images of one category -> a published artifact.
+"""The offline fit job: good images of one category (and a few labelled defects) -> a published artifact.
 
-Stages: split (fit / held-out), features (backbone pass, NNS patches collected, Gaussian
-moments streamed), coreset (memory bank), gaussian (inverse covariances), calibrate
-(thresholds on the held-out images, through the same ``Inspector`` the server uses),
-write (atomic publish).
+Stages: split (fit / held-out), backbone, psg (optional fine-tuning), features (backbone
+pass, NNS patches collected, Gaussian moments streamed), coreset (memory bank), gaussian
+(inverse covariances), calibrate (maps of the held-out goods and labelled defects through
+the same ``Inspector`` the server uses, then thresholds), write (atomic publish). With
+``psg.enabled="auto"`` and labelled defects, the stages up to calibrate run for both
+variants and the better one on those images is published.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def image_maps(inspector: Inspector, files: Sequence[Path], progress: ProgressFa
 
 @dataclass
 class Variant:
-    """One fitted configuration: feature path, scoring branches and what it cost."""
+    """One fitted configuration: feature path, scoring branches and the PSG training report."""
 
     config: FitConfig
     features: FeaturePath
@@ -251,12 +253,11 @@ def fit(
              len(hold_files), len(defects))
 
     labels = np.r_[np.zeros(len(hold_files), int), np.ones(len(defects), int)]
-    with_masks = bool(defects) and all(d.mask_path is not None for d in defects)
     masks = None
-    if with_masks:
+    if defects and all(d.mask_path is not None for d in defects):
         good_masks = [np.zeros((config.image_size,) * 2, bool)] * len(hold_files)
         masks = np.stack(good_masks + [read_mask(d, config.image_size) for d in defects])
-    fitted = []  # (variant, validation maps, validation metrics)
+    fitted = []  # (variant, maps, image scores, metrics) on the held-out goods + defects
     for variant_config in psg_variants(config, bool(defects)):
         variant = fit_variant(variant_config, fit_files, device, progress, watch)
         inspector = variant.inspector(device)
@@ -268,10 +269,11 @@ def fit(
     chosen = 1 if len(fitted) == 2 and prefer_psg(fitted[0][3], fitted[1][3]) else 0
     variant, maps, scores, block = fitted[chosen]
     cal = config.calibration
-    if defects:
-        thresholds = calibrate_with_defects(scores, labels, maps, masks, cal.pixel_false_alarm_rate)
-    else:
-        thresholds = calibrate_on_good(scores, maps, cal.image_false_alarm_rate, cal.pixel_false_alarm_rate)
+    with watch.stage("calibrate"):
+        if defects:
+            thresholds = calibrate_with_defects(scores, labels, maps, masks, cal.pixel_false_alarm_rate)
+        else:
+            thresholds = calibrate_on_good(scores, maps, cal.image_false_alarm_rate, cal.pixel_false_alarm_rate)
     good_scores = scores[labels == 0]
 
     manifest = {
@@ -295,7 +297,7 @@ def fit(
         },
         "fit": {
             "device": device,
-            "n_patches": variant.n_patches if variant.bank is not None else 0,
+            "n_patches": variant.n_patches,
             "bank_size": int(variant.bank.bank.shape[0]) if variant.bank is not None else 0,
             "seconds": {k: round(v / 1000, 3) for k, v in watch.ms.items()},
             "psg": variant.psg.to_dict() if variant.psg is not None else None,

@@ -93,6 +93,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     print(f"image AUROC {fmt(report['image_auroc'])}  pixel AUROC {fmt(report['pixel_auroc'])}  "
           f"AU-PRO {fmt(report['au_pro'])}  (at {report['resolution']} px, {report['backbone']})")
+    if report["n_excluded"]:
+        print(f"left out   {report['n_excluded']} test images the artifact was fitted with (fit --defects)")
     print(f"wrote {output}" + ("" if args.no_plots else f" and plots in {plots}"))
     return 0
 
