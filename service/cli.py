@@ -29,6 +29,10 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -61,13 +65,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     print(f"artifact   {report.artifact} -> {report.artifact_id}")
     print(f"images     {report.n_fit} fit, {report.n_holdout} held out and {report.n_defects} labelled defects "
           "for calibration")
+    psg = "on" if report.psg else "off"
     if report.psg_selection:
-        v = report.psg_selection["validation"]
-        print(f"psg        {'on' if report.psg else 'off'}, chosen on validation: "
-              + ", ".join(f"{name} {' / '.join('n/a' if x is None else f'{x:.4f}' for x in m.values())}"
-                          for name, m in v.items()) + " (image AUROC / pixel AUROC / AU-PRO)")
-    else:
-        print(f"psg        {'on' if report.psg else 'off'}")
+        blocks = ", ".join(f"{name} {' / '.join(map(_fmt, m.values()))}"
+                           for name, m in report.psg_selection["validation"].items())
+        psg += f", chosen on validation: {blocks} (image AUROC / pixel AUROC / AU-PRO)"
+    print(f"psg        {psg}")
     print(f"bank       {report.bank_size} vectors (of {report.n_patches} patches)")
     print(f"size       {report.artifact_bytes / 1e6:.1f} MB")
     print("seconds    " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
@@ -88,11 +91,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2, allow_nan=False))
 
-    def fmt(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.4f}"
-
-    print(f"image AUROC {fmt(report['image_auroc'])}  pixel AUROC {fmt(report['pixel_auroc'])}  "
-          f"AU-PRO {fmt(report['au_pro'])}  (at {report['resolution']} px, {report['backbone']})")
+    print(f"image AUROC {_fmt(report['image_auroc'])}  pixel AUROC {_fmt(report['pixel_auroc'])}  "
+          f"AU-PRO {_fmt(report['au_pro'])}  (at {report['resolution']} px, {report['backbone']})")
     if report["n_excluded"]:
         print(f"left out   {report['n_excluded']} test images the artifact was fitted with (fit --defects)")
     print(f"wrote {output}" + ("" if args.no_plots else f" and plots in {plots}"))

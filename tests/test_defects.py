@@ -132,14 +132,17 @@ def test_evaluate_leaves_out_the_fit_defects(tiny_data, tmp_path, defects):
 
 
 def test_cli_fit_with_defects_reports_the_choice(tiny_data, tmp_path, capsys):
-    args = ["fit", "--data", str(tiny_data), "--category", "cli", "--artifacts", str(tmp_path / "arts"),
-            "--defects", str(tiny_data)]
-    args += config_args(tiny_config(**QUICK))
-    assert cli_main(args) == 0
+    def fit_args(defects, *extra):
+        return ["fit", "--data", str(tiny_data), "--category", "cli", "--artifacts", str(tmp_path / "arts"),
+                "--defects", str(defects), *config_args(tiny_config(**QUICK)), *extra]
+
+    assert cli_main(fit_args(tiny_data)) == 0
     out = capsys.readouterr().out
-    assert "chosen on validation: without_psg" in out and "labelled defects" in out
-    assert cli_main(args + ["--set", "psg.enabled=maybe"]) == 2
+    assert "chosen on validation: without_psg" in out and ", with_psg " in out and "labelled defects" in out
+    assert cli_main(fit_args(tiny_data, "--set", "psg.enabled=maybe")) == 2
     assert "psg.enabled must be" in capsys.readouterr().err
+    assert cli_main(fit_args(tmp_path / "none")) == 2
+    assert "no test folder" in capsys.readouterr().err
 
 
 def test_ablation_draws_the_same_defects_per_type_for_every_row(tiny_data):
