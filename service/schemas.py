@@ -106,6 +106,10 @@ class ManifestSummary(BaseModel):
     fit_seconds: dict[str, float] = Field(default_factory=dict)
     training_images: int | None = None
     training_fingerprint: str | None = None
+    labelled_defects: int = Field(0, description="labelled defect images the fit calibrated with (fit --defects)")
+    validation: dict[str, float | None] | None = Field(
+        None, description="image AUROC, pixel AUROC and AU-PRO on the held-out goods plus those defects"
+    )
     versions: dict[str, str] = Field(default_factory=dict)
 
 

@@ -236,6 +236,7 @@ def test_categories_health_and_readiness(client):
     assert manifest["blocks"] == {"nns": True, "gaussian": True, "psg": False, "fusion": False}
     assert manifest["thresholds"]["image"] > 0 and manifest["bank_size"] > 0
     assert manifest["training_images"] == 12 and manifest["created_at"]
+    assert manifest["labelled_defects"] == 0 and manifest["validation"] is None
     assert client.get("/categories/gamma").status_code == 404
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from fastapi.testclient import TestClient
+
 from model.artifact import load_artifact
 from model.calibration import calibrate_with_defects
 from model.config import FitConfig
@@ -18,7 +20,9 @@ from model.dataset import file_sha256, list_defects
 from model.evaluate import evaluate
 from model.fit import build_feature_path, fit, prefer_psg
 from model.inspector import Inspector
+from service.app import create_app
 from service.cli import main as cli_main
+from service.settings import Settings
 from tests.conftest import REPO, config_args, tiny_config
 
 QUICK = {"psg.max_steps": 3, "psg.batch_size": 4}
@@ -129,6 +133,11 @@ def test_evaluate_leaves_out_the_fit_defects(tiny_data, tmp_path, defects):
     assert not {str(d.path) for d in defects} & {item["file"] for item in report["images"]}
     everything = evaluate(inspector, tiny_data, exclude=set())
     assert everything["n_excluded"] == 0 and everything["n_images"] == total
+    with TestClient(create_app(Settings(artifacts=tmp_path))) as client:
+        summary = client.get("/categories/d").json()["manifest"]
+    assert summary["labelled_defects"] == len(defects)
+    assert summary["validation"] == inspector.manifest["calibration"]["validation"]
+    assert summary["thresholds"]["method"] == "f1(image,pixel)"
 
 
 def test_cli_fit_with_defects_reports_the_choice(tiny_data, tmp_path, capsys):

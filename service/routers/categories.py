@@ -47,6 +47,8 @@ def manifest_summary(manifest: dict[str, Any]) -> ManifestSummary:
         fit_seconds=fit.get("seconds", {}),
         training_images=training.get("n_images"),
         training_fingerprint=training.get("fingerprint"),
+        labelled_defects=(training.get("defects") or {}).get("n", 0),
+        validation=manifest.get("calibration", {}).get("validation"),
         versions=manifest.get("versions", {}),
     )
 
