@@ -262,7 +262,7 @@ def fit(
         variant = fit_variant(variant_config, fit_files, device, progress, watch)
         inspector = variant.inspector(device)
         with watch.stage("calibrate"):
-            maps = image_maps(inspector, [*hold_files, *(d.path for d in defects)], progress, "validate")
+            maps = image_maps(inspector, [*hold_files, *(d.path for d in defects)], progress, "calibrate")
             scores = image_scores(torch.from_numpy(maps)).numpy()
         block = metrics.metric_block(scores, labels, maps, masks) if defects else None
         fitted.append((variant, maps, scores, block))
