@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.dataset import list_test_set, read_mask  # noqa: E402
 from model.metrics import metric_block  # noqa: E402
-from model.imageio import read_image  # noqa: E402
+from model.fit import image_maps  # noqa: E402
 from model.inspector import Inspector  # noqa: E402
-from model.postprocess import resize_map  # noqa: E402
+from model.postprocess import image_scores  # noqa: E402
+from model.progress import silent_progress  # noqa: E402
 
 RULES = {
     "mean of the three > 0": lambda d: d.mean() > 0,
@@ -36,14 +37,10 @@ RULES = {
 }
 
 
-def artifact_maps(artifact: Path, files: list[Path], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Final maps ``[N, size, size]`` and image scores ``[N]`` of ``files``."""
-    inspector = Inspector.from_artifact(artifact, "cpu")
-    maps, scores = np.zeros((len(files), size, size), np.float32), np.zeros(len(files))
-    for start in range(0, len(files), 8):
-        for i, r in enumerate(inspector.inspect([read_image(str(f)) for f in files[start : start + 8]])):
-            maps[start + i], scores[start + i] = resize_map(r.anomaly_map, size, size), r.score
-    return maps, scores
+def artifact_maps(artifact: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Final maps ``[N, S, S]`` (at the model input size) and image scores ``[N]`` of ``files``."""
+    maps = image_maps(Inspector.from_artifact(artifact, "cpu"), files, silent_progress, "maps")
+    return maps, image_scores(torch.from_numpy(maps)).numpy()
 
 
 def metric_row(maps: np.ndarray, scores: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -58,18 +55,18 @@ def main() -> int:
     p.add_argument("--psg", required=True, type=Path, help="artifact with PSG")
     p.add_argument("--per-type", type=int, default=2)
     p.add_argument("--trials", type=int, default=40)
-    p.add_argument("--size", type=int, default=256)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     torch.set_num_threads(2)
 
     samples, _ = list_test_set(args.data)
-    holdout = json.loads((args.base / "manifest.json").read_text())["training"]["holdout_files"]
+    manifest = json.loads((args.base / "manifest.json").read_text())
+    holdout, size = manifest["training"]["holdout_files"], manifest["config"]["image_size"]
     files = [s.path for s in samples] + [Path(args.data) / "train" / "good" / f for f in holdout]
     defect = np.array([s.defect for s in samples])
-    masks = np.stack([read_mask(s, args.size) for s in samples] + [np.zeros((args.size,) * 2, bool)] * len(holdout))
+    masks = np.stack([read_mask(s, size) for s in samples] + [np.zeros((size, size), bool)] * len(holdout))
     labels = np.r_[defect != "good", np.zeros(len(holdout), bool)]
-    runs = {name: artifact_maps(path, files, args.size) for name, path in (("base", args.base), ("psg", args.psg))}
+    runs = {name: artifact_maps(path, files) for name, path in (("base", args.base), ("psg", args.psg))}
 
     n_test, types = len(samples), sorted(set(defect) - {"good"})
     hold_idx = n_test + np.arange(len(holdout))
