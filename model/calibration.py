@@ -87,14 +87,19 @@ def score_statistics(scores: np.ndarray) -> dict[str, float]:
     }
 
 
+def score_scale(image_threshold: float, good_scores: np.ndarray) -> float:
+    """Raw score units from the lowest good score to the threshold (``Thresholds.scale``), kept positive."""
+    return max(image_threshold - float(np.min(good_scores)), 1e-6 * max(abs(image_threshold), 1.0))
+
+
 def calibrate_on_good(
     good_scores: np.ndarray, good_maps: np.ndarray, image_far: float, pixel_far: float
 ) -> Thresholds:
     """Thresholds from held-out good images only."""
     image = far_threshold(good_scores, image_far)
     pixel = pixel_far_threshold(good_maps, pixel_far)
-    scale = max(image - float(np.min(good_scores)), 1e-6 * max(abs(image), 1.0))
-    return Thresholds(image=image, pixel=pixel, scale=scale, method=f"far(image={image_far},pixel={pixel_far})")
+    return Thresholds(image=image, pixel=pixel, scale=score_scale(image, good_scores),
+                      method=f"far(image={image_far},pixel={pixel_far})")
 
 
 def calibrate_with_defects(
@@ -113,6 +118,4 @@ def calibrate_with_defects(
     else:
         pixel = pixel_far_threshold(maps[~labels], pixel_far)
         method = f"f1(image),far(pixel={pixel_far})"
-    good_min = float(np.min(np.asarray(scores)[~labels]))
-    scale = max(image - good_min, 1e-6 * max(abs(image), 1.0))
-    return Thresholds(image=image, pixel=pixel, scale=scale, method=method)
+    return Thresholds(image=image, pixel=pixel, scale=score_scale(image, np.asarray(scores)[~labels]), method=method)
