@@ -55,9 +55,10 @@ open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
 # The project itself, from its own files.
 COPY model ./model
 COPY service ./service
+COPY cli ./cli
 RUN pip install --no-deps . \
     && rm -rf build *.egg-info \
-    && python -c "import service.cli, model, onnxruntime; print('providers', onnxruntime.get_available_providers())"
+    && python -c "import cli.main, model, onnxruntime; print('providers', onnxruntime.get_available_providers())"
 
 RUN useradd --system --uid 10001 --create-home --home-dir /home/inspect inspect \
     && mkdir -p /artifacts && chown inspect /artifacts

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/ablation.py --data ../shared/data/mvtec_ad/bottle --category bottle \
         --rows nns,gaussian,nns_x_gaussian --out runs/ablation_bottle.json
 
-Each row is the default config with the overrides in ``model.config.ABLATIONS``. Fit time
+Each row is the default config with the overrides in ``model.method.config.ABLATIONS``. Fit time
 is wall time on this machine; latency is the model path per image at batch 1.
 
 ``--defects-per-type K`` draws K labelled defects per defect type from the test set (seeded)
@@ -25,12 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.config import ABLATIONS, FitConfig  # noqa: E402
-from model.dataset import TestSample, file_sha256, list_defects  # noqa: E402
-from model.evaluate import evaluate  # noqa: E402
-from model.fit import fit  # noqa: E402
-from model.imageio import read_image  # noqa: E402
-from model.inspector import Inspector  # noqa: E402
+from model.method.config import ABLATIONS, FitConfig  # noqa: E402
+from model.jobs.dataset import TestSample, file_sha256, list_defects  # noqa: E402
+from model.jobs.evaluate import evaluate  # noqa: E402
+from model.jobs.fit import fit  # noqa: E402
+from model.runtime.imageio import read_image  # noqa: E402
+from model.runtime.inspector import Inspector  # noqa: E402
 
 
 def batch1_timings(

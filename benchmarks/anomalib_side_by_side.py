@@ -9,15 +9,15 @@ What it does, in one invocation and strictly one method at a time:
    with ``pip install torch==2.14.1 torchvision==0.29.1 anomalib`` unless it already
    imports anomalib, and checks that pip kept that torch / torchvision pair.
 2. Writes the backbone weights: timm's ``features_only`` ``tf_efficientnet_lite2`` built by
-   ``model.backbone.create_feature_extractor`` from our embedded offline ImageNet weights,
+   ``model.method.backbone.create_feature_extractor`` from our embedded offline ImageNet weights,
    saved as safetensors. anomalib builds the same timm network with ``pre_trained=False``
    and loads this file strictly (``benchmarks/anomalib_runner.py``), so no hub is reached.
 3. Runs each method (``--methods``): fit on ``<data>/train/good``, anomaly maps of every
    ``<data>/test`` image at 256x256 (no crop), batch-1 latency on ``--latency-images``
    test images (decoded beforehand, one warm-up, p50), all at ``--threads`` torch threads.
-   Ours goes through ``model.fit.fit`` / ``model.evaluate.evaluate`` (default config);
+   Ours goes through ``model.jobs.fit.fit`` / ``model.jobs.evaluate.evaluate`` (default config);
    anomalib runs in a subprocess of its venv.
-4. Scores every method's maps and image scores with ``model.metrics`` against the same
+4. Scores every method's maps and image scores with ``model.reporting.metrics`` against the same
    masks (nearest-neighbour resized to 256 px), writes JSON after each method (so a partial
    run keeps what finished) and prints a markdown table with the ratios ours / anomalib.
 
@@ -43,13 +43,13 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ablation import batch1_timings  # noqa: E402
-from model import metrics  # noqa: E402
-from model.backbone import create_feature_extractor  # noqa: E402
-from model.config import FitConfig  # noqa: E402
-from model.dataset import TestSample, list_images, list_test_set, read_mask  # noqa: E402
-from model.evaluate import evaluate  # noqa: E402
-from model.fit import fit  # noqa: E402
-from model.inspector import Inspector, normalization  # noqa: E402
+from model.reporting import metrics  # noqa: E402
+from model.method.backbone import create_feature_extractor  # noqa: E402
+from model.method.config import FitConfig  # noqa: E402
+from model.jobs.dataset import TestSample, list_images, list_test_set, read_mask  # noqa: E402
+from model.jobs.evaluate import evaluate  # noqa: E402
+from model.jobs.fit import fit  # noqa: E402
+from model.runtime.inspector import Inspector, normalization  # noqa: E402
 
 log = logging.getLogger("anomalib_side_by_side")
 
@@ -170,7 +170,7 @@ def latency_files(samples: list[TestSample], n: int) -> list[Path]:
 
 
 def score_maps(scores: np.ndarray, maps: np.ndarray, samples: list[TestSample], size: int) -> dict[str, float | None]:
-    """Image AUROC, pixel AUROC and AU-PRO of ``maps [N, size, size]`` with ``model.metrics``."""
+    """Image AUROC, pixel AUROC and AU-PRO of ``maps [N, size, size]`` with ``model.reporting.metrics``."""
     if maps.shape != (len(samples), size, size):
         raise ValueError(f"maps are {maps.shape}, expected {(len(samples), size, size)}")
     labels = np.array([s.label for s in samples])

@@ -16,18 +16,18 @@ Features are cached under /tmp (about 200 MB for bottle).
 import sys, time, numpy as np, torch, torch.nn.functional as F
 torch.set_num_threads(2)
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
-from model.backbone import create_feature_extractor, frozen
-from model.imageio import preprocess, read_image
-from model.dataset import list_images, list_test_set, read_mask
-from model.fit import split_holdout
-from model.config import FitConfig
-from model.features import select_dims  # noqa: E402
-from model.fusion import resize_to
-from model.coreset import greedy_coreset
-from model.memory_bank import MemoryBank, flatten_patches
-from model.gaussian import GaussianAccumulator, GaussianModel
-from model.postprocess import AnomalyMapCombiner
-from model import metrics
+from model.method.backbone import create_feature_extractor, frozen
+from model.runtime.imageio import preprocess, read_image
+from model.jobs.dataset import list_images, list_test_set, read_mask
+from model.jobs.fit import split_holdout
+from model.method.config import FitConfig
+from model.method.features import select_dims  # noqa: E402
+from model.method.fusion import resize_to
+from model.method.coreset import greedy_coreset
+from model.method.memory_bank import MemoryBank, flatten_patches
+from model.method.gaussian import GaussianAccumulator, GaussianModel
+from model.method.amc import AnomalyMapCombiner
+from model.reporting import metrics
 from pathlib import Path
 data = Path(sys.argv[1]); size = int(sys.argv[2]) if len(sys.argv) > 2 else 256
 cache = Path(f'/tmp/featcache_{data.name}_{size}.pt')

@@ -3,7 +3,7 @@
 #
 #   benchmarks/fuzz_api.sh [ARTIFACTS_ROOT] [MAX_EXAMPLES] [MAX_TIME_S]
 #
-# Starts `python -m service.cli serve` on a free port (default root: runs/reliability_artifacts,
+# Starts `python -m cli.main serve` on a free port (default root: runs/reliability_artifacts,
 # made by benchmarks/load_test.py), runs `schemathesis run <base>/openapi.json` with the checks
 # not_a_server_error and response_schema_conformance (plus status_code_conformance and
 # content_type_conformance, reported), bounded by --max-examples and --max-time, then stops
@@ -24,7 +24,7 @@ mkdir -p "$(dirname "$OUT")"
 PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 BASE=http://127.0.0.1:$PORT
 
-PYTHONPATH=. FACTORY_INSPECT_MAX_BODY_BYTES=1000000 $PY -m service.cli --threads 1 serve \
+PYTHONPATH=. FACTORY_INSPECT_MAX_BODY_BYTES=1000000 $PY -m cli.main --threads 1 serve \
     --artifacts "$ROOT" --port "$PORT" > "$OUT.server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT

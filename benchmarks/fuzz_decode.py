@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of ``model.imageio.decode_image`` with atheris (libFuzzer).
+"""Coverage-guided fuzzing of ``model.runtime.imageio.decode_image`` with atheris (libFuzzer).
 
 Only ``ImageDecodeError`` may come out of ``decode_image``; any other exception is a
 finding (libFuzzer writes the input as ``crash-*`` into the working directory / -artifact_prefix).
@@ -25,7 +25,7 @@ import numpy as np
 with atheris.instrument_imports(include=["model", "PIL"]):  # PIL first imported here, so it is instrumented
     from PIL import Image, ImageOps, PngImagePlugin, JpegImagePlugin, BmpImagePlugin, TiffImagePlugin  # noqa: F401
 
-    from model.imageio import ImageDecodeError, decode_image
+    from model.runtime.imageio import ImageDecodeError, decode_image
 
 MAX_PIXELS = 4_000_000  # keep single executions fast; the header check is what is under test
 

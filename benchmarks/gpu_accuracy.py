@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.dataset import list_images, list_test_set  # noqa: E402
-from model.evaluate import evaluate  # noqa: E402
-from model.imageio import preprocess, preprocess_on_device, read_image  # noqa: E402
-from model.inspector import PRECISIONS, Inspector  # noqa: E402
+from model.jobs.dataset import list_images, list_test_set  # noqa: E402
+from model.jobs.evaluate import evaluate  # noqa: E402
+from model.runtime.imageio import preprocess, preprocess_on_device, read_image  # noqa: E402
+from model.runtime.inspector import PRECISIONS, Inspector  # noqa: E402
 
 
 def scores_and_maps(inspector: Inspector, images: list[np.ndarray], batch: int = 16) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.imageio import normalize, resize_on_device, stage  # noqa: E402
+from model.runtime.imageio import normalize, resize_on_device, stage  # noqa: E402
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/load_test.py --seconds 120 --concurrency 32 --out runs/reliability_load.json
 
-Starts ``python -m service.cli --threads T serve`` on a free port over ``--artifacts`` (default:
+Starts ``python -m cli.main --threads T serve`` on a free port over ``--artifacts`` (default:
 a tiny category fitted once into ``runs/reliability_artifacts`` from generated data, 64 px,
 random-init backbone: cheap, so the server, not the model, is under test). Each of
 ``--concurrency`` closed-loop clients sends, at random, a valid 128x128 PNG (90%), random
@@ -42,8 +42,8 @@ def tiny_root() -> Path:
     root = REPO / "runs" / "reliability_artifacts"
     if (root / "tiny").exists():
         return root
-    from model.fit import fit
-    from model.synthetic import generate_category
+    from model.jobs.fit import fit
+    from cli.synthetic import generate_category
     from tests.conftest import tiny_config
 
     data = generate_category(REPO / "runs" / "reliability_data" / "tiles", kind="tiles", n_train=12,

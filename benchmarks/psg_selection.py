@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.dataset import list_test_set, read_mask  # noqa: E402
-from model.fit import image_maps, prefer_psg  # noqa: E402
-from model.inspector import Inspector  # noqa: E402
-from model.metrics import metric_block  # noqa: E402
-from model.postprocess import image_scores  # noqa: E402
-from model.progress import silent_progress  # noqa: E402
+from model.jobs.dataset import list_test_set, read_mask  # noqa: E402
+from model.jobs.fit import image_maps, prefer_psg  # noqa: E402
+from model.runtime.inspector import Inspector  # noqa: E402
+from model.reporting.metrics import metric_block  # noqa: E402
+from model.method.amc import image_scores  # noqa: E402
+from model.jobs.progress import silent_progress  # noqa: E402
 
 METRICS = ("image_auroc", "pixel_auroc", "au_pro")
 RULES = {

@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.dataset import list_test_set  # noqa: E402
-from model.evaluate import evaluate  # noqa: E402
-from model.inspector import Inspector  # noqa: E402
+from model.jobs.dataset import list_test_set  # noqa: E402
+from model.jobs.evaluate import evaluate  # noqa: E402
+from model.runtime.inspector import Inspector  # noqa: E402
 
 
 def transformed_copy(data: Path, out: Path, degrees: float, shift: float, seed: int) -> Path:

@@ -12,7 +12,7 @@ not a link: a later fit prunes old versions)::
 
 Without ``--artifacts`` it fits ``bottle`` and ``bottle2`` (``--set seed=1``) from ``--data``
 into ``runs/server_artifacts`` (skipping those already there). It then starts
-``python -m service.cli --threads N serve`` as a subprocess (``--setting MAX_WAIT_MS=10`` etc.
+``python -m cli.main --threads N serve`` as a subprocess (``--setting MAX_WAIT_MS=10`` etc.
 become ``FACTORY_INSPECT_*`` variables; those already in the environment pass through), waits
 for ``/readyz`` and measures, always on ``--category`` with 900x900 PNGs cycled from
 ``<data>/test/*/``:
@@ -58,7 +58,7 @@ CONCURRENCY = (1, 4, 8, 16)
 # -- artifacts and the server process -------------------------------------------------------
 
 def cli(threads: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "service.cli", "--threads", str(threads), *args]
+    return [sys.executable, "-m", "cli.main", "--threads", str(threads), *args]
 
 
 def fit_two(data: Path, root: Path, device: str, threads: int) -> None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.inspector import InspectionResult, Inspector
+from model.runtime.inspector import InspectionResult, Inspector
 from service.metrics import Metrics
 
 log = logging.getLogger("service.batching")

@@ -23,8 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-from model.artifact import ArtifactError, list_categories, read_manifest, validate_category
-from model.inspector import Inspector
+from model.artifact.store import ArtifactError, list_categories, read_manifest, validate_category
+from model.runtime.inspector import Inspector
 from service.batching import Batcher
 from service.metrics import UNKNOWN_CATEGORY, Metrics
 from service.settings import Settings

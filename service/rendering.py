@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from model.postprocess import colorize, find_regions, normalized_score, overlay, resize_map
+from model.method.amc import colorize, find_regions, normalized_score, overlay, resize_map
 from service.batching import Scored
 
 OUTPUT_CHOICES = frozenset({"heatmap", "mask", "overlay"})

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import FitConfig
-from model.fit import fit
-from model.synthetic import generate_category
+from model.method.config import FitConfig
+from model.jobs.fit import fit
+from cli.synthetic import generate_category
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.dataset import list_test_set
+from model.jobs.dataset import list_test_set
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "anomalib_side_by_side.py"
 

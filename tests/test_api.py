@@ -18,9 +18,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model.fit import fit
-from model.imageio import decode_image
-from model.inspector import Inspector
+from model.jobs.fit import fit
+from model.runtime.imageio import decode_image
+from model.runtime.inspector import Inspector
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import tiny_config

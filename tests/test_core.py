@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from model.calibration import best_f1_threshold, calibrate_on_good, far_threshold
-from model.coreset import greedy_coreset
-from model.features import select_dims
-from model.fusion import LayerConcat
-from model.gaussian import GaussianAccumulator, GaussianModel, neighbourhood_shifts
-from model.host import keep_freed_memory
-from model.memory_bank import MemoryBank
-from model.postprocess import AnomalyMapCombiner, find_regions, gaussian_kernel1d, image_scores, normalized_score
+from model.method.calibration import best_f1_threshold, calibrate_on_good, far_threshold
+from model.method.coreset import greedy_coreset
+from model.method.features import select_dims
+from model.method.fusion import LayerConcat
+from model.method.gaussian import GaussianAccumulator, GaussianModel, neighbourhood_shifts
+from model.jobs.host import keep_freed_memory
+from model.method.memory_bank import MemoryBank
+from model.method.amc import AnomalyMapCombiner, find_regions, gaussian_kernel1d, image_scores, normalized_score
 
 
 def test_coreset_picks_far_points_first():

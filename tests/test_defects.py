@@ -13,15 +13,15 @@ import torch
 
 from fastapi.testclient import TestClient
 
-from model.artifact import load_artifact
-from model.calibration import calibrate_with_defects
-from model.config import FitConfig
-from model.dataset import file_sha256, list_defects
-from model.evaluate import evaluate
-from model.fit import build_feature_path, fit, prefer_psg
-from model.inspector import Inspector
+from model.artifact.store import load_artifact
+from model.method.calibration import calibrate_with_defects
+from model.method.config import FitConfig
+from model.jobs.dataset import file_sha256, list_defects
+from model.jobs.evaluate import evaluate
+from model.jobs.fit import build_feature_path, fit, prefer_psg
+from model.runtime.inspector import Inspector
 from service.app import create_app
-from service.cli import main as cli_main
+from cli.main import main as cli_main
 from service.settings import Settings
 from tests.conftest import REPO, config_args, tiny_config
 
@@ -99,7 +99,7 @@ def test_auto_with_defects_fits_both_and_publishes_the_chosen_one(tiny_data, tmp
         calls.append((without, with_psg))
         return keep_psg
 
-    monkeypatch.setattr("model.fit.prefer_psg", rule)
+    monkeypatch.setattr("model.jobs.fit.prefer_psg", rule)
     config = tiny_config(**QUICK)
     report = fit(tiny_data, "auto", tmp_path, config, defects=defects)
     m = manifest_of(report)

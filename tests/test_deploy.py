@@ -21,7 +21,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.cli import build_parser
+from cli.main import build_parser
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def parse_cli(argv: list[str]):
     """argv[0] must be the pyproject console script; the rest must parse with the real CLI parser."""
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert argv[0] in scripts, f"{argv[0]!r} is not a console script of pyproject.toml ({sorted(scripts)})"
-    assert scripts[argv[0]] == "service.cli:main"
+    assert scripts[argv[0]] == "cli.main:main"
     try:
         return build_parser().parse_args(argv[1:])
     except SystemExit as exc:  # argparse exits on an unknown flag or a bad choice

@@ -17,13 +17,13 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from model.artifact import ArtifactError, list_categories, load_artifact
-from model.backbone import WeightsError, create_feature_extractor, map_by_position, timm_hub_state_dict
-from model.evaluate import evaluate
-from model.fit import fit
-from model.inspector import Inspector
+from model.artifact.store import ArtifactError, list_categories, load_artifact
+from model.method.backbone import WeightsError, create_feature_extractor, map_by_position, timm_hub_state_dict
+from model.jobs.evaluate import evaluate
+from model.jobs.fit import fit
+from model.runtime.inspector import Inspector
 from service.app import create_app
-from service.cli import main as cli_main
+from cli.main import main as cli_main
 from service.settings import Settings
 from tests.conftest import REPO, config_args, shared_category, tiny_config
 
@@ -62,7 +62,7 @@ def test_refit_keeps_previous_artifact_until_the_new_one_is_complete(tiny_data, 
     def crash(*args, **kwargs):
         raise RuntimeError("killed mid-write")
 
-    monkeypatch.setattr("model.artifact.save_file", crash)
+    monkeypatch.setattr("model.artifact.store.save_file", crash)
     with pytest.raises(RuntimeError):
         fit(tiny_data, "cat", root, tiny_config(seed=3))
     assert load_artifact(root / "cat").artifact_id == first.artifact_id
@@ -74,7 +74,7 @@ def test_fit_killed_with_sigkill_leaves_previous_artifact_served(tiny_data, tmp_
     first = fit(tiny_data, "cat", root, tiny_config())
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from tests.conftest import tiny_config; from model.fit import fit;"
+        "from tests.conftest import tiny_config; from model.jobs.fit import fit;"
         "print('ready', flush=True);"
         "fit(sys.argv[2], 'cat', sys.argv[3], tiny_config(seed=int(sys.argv[4])))"
     )

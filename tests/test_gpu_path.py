@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.imageio import preprocess, preprocess_on_device, resize_rgb, resize_weights, stage
-from model.inspector import Inspector, check_precision
+from model.runtime.imageio import preprocess, preprocess_on_device, resize_rgb, resize_weights, stage
+from model.runtime.inspector import Inspector, check_precision
 
 CPU = torch.device("cpu")
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -137,7 +137,7 @@ def test_device_preprocess_on_cuda_equals_cpu_tensors():
 @pytest.mark.parametrize("threaded", [False, True])
 def test_staging_copies_every_row(n, threaded, monkeypatch):
     if threaded:
-        monkeypatch.setattr("model.imageio.STAGING_MIN_THREADED_BYTES", 0)
+        monkeypatch.setattr("model.runtime.imageio.STAGING_MIN_THREADED_BYTES", 0)
     images = [camera_like(97, 61, s) for s in range(n)]
     out = np.zeros((n, 97, 61, 3), np.uint8)
     stage(images, out)

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 from sklearn import metrics as skm
 
-from model import plots
-from model.metrics import au_pro, auroc, binary_counts, f1_at, pro_curve, region_weights, roc_curve
+from model.reporting import plots
+from model.reporting.metrics import au_pro, auroc, binary_counts, f1_at, pro_curve, region_weights, roc_curve
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

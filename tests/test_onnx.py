@@ -17,9 +17,9 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model.imageio import decode_image, preprocess
-from model.inspector import Inspector
-from model.onnx_runtime import OrtFeaturePath, choose_providers, export_feature_path
+from model.runtime.imageio import decode_image, preprocess
+from model.runtime.inspector import Inspector
+from model.runtime.onnx_runtime import OrtFeaturePath, choose_providers, export_feature_path
 from service.app import create_app
 from service.settings import Settings
 

@@ -11,14 +11,14 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.artifact import load_artifact
-from model.backbone import WeightsError, timm_hub_state_dict
-from model.dataset import list_images
-from model.fit import build_feature_path, fit
-from model.fusion import LayerConcat, TokenFusion, resample_pos_embed, resize_to
-from model.imageio import preprocess, read_image, resize_rgb
-from model.inspector import Inspector
-from model.psg import dense_loss, fine_tune, needs_training
+from model.artifact.store import load_artifact
+from model.method.backbone import WeightsError, timm_hub_state_dict
+from model.jobs.dataset import list_images
+from model.jobs.fit import build_feature_path, fit
+from model.method.fusion import LayerConcat, TokenFusion, resample_pos_embed, resize_to
+from model.runtime.imageio import preprocess, read_image, resize_rgb
+from model.runtime.inspector import Inspector
+from model.method.psg import dense_loss, fine_tune, needs_training
 from tests.conftest import tiny_config
 
 CAIT = "cait_xxs24_224"

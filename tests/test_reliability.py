@@ -2,7 +2,7 @@
 oversized headers, slow and vanishing senders, and a second server on a taken port.
 
 The in-process cases use a TestClient; the transport-level ones (headers, slow sender,
-disconnect, port clash) run against a real ``python -m service.cli serve`` process.
+disconnect, port clash) run against a real ``python -m cli.main serve`` process.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def metric(base: str, name: str) -> float:
 
 
 def serve_cmd(root: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "service.cli", "--log-level", "INFO", "--threads", "1",
+    return [sys.executable, "-m", "cli.main", "--log-level", "INFO", "--threads", "1",
             "serve", "--artifacts", str(root), "--host", "127.0.0.1", "--port", str(port)]
 
 

@@ -1,4 +1,4 @@
-"""End to end through a real server process: ``python -m service.cli serve`` under uvicorn."""
+"""End to end through a real server process: ``python -m cli.main serve`` under uvicorn."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model.fit import fit
+from model.jobs.fit import fit
 from tests.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def server(one_torch_thread, request, tmp_path_factory) -> Iterator[Server]:
     port = free_port()
     log = root.parent / "server.log"
     env = {**os.environ, "PYTHONPATH": str(REPO), "FACTORY_INSPECT_MAX_BODY_BYTES": str(BODY_LIMIT)}
-    cmd = [sys.executable, "-m", "service.cli", "--log-level", "INFO", "--threads", "1",
+    cmd = [sys.executable, "-m", "cli.main", "--log-level", "INFO", "--threads", "1",
            "serve", "--artifacts", str(root), "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -42,7 +42,7 @@ def _set_threads(threads: int | None) -> None:
 
 def load_config(config_file: str | None, overrides: list[str]):
     """A ``FitConfig`` from an optional JSON file plus ``--set key=value`` overrides."""
-    from model.config import FitConfig
+    from model.method.config import FitConfig
 
     config = FitConfig.from_dict(json.loads(Path(config_file).read_text())) if config_file else FitConfig()
     pairs = {}
@@ -55,8 +55,8 @@ def load_config(config_file: str | None, overrides: list[str]):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from model.dataset import list_defects
-    from model.fit import fit
+    from model.jobs.dataset import list_defects
+    from model.jobs.fit import fit
 
     config = load_config(args.config, args.set)
     defects = list_defects(args.defects) if args.defects else ()
@@ -78,8 +78,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from model.evaluate import evaluate
-    from model.inspector import Inspector
+    from model.jobs.evaluate import evaluate
+    from model.runtime.inspector import Inspector
 
     inspector = Inspector.from_artifact(args.artifact, args.device)
     output = Path(args.output)
@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from service.demo import run_demo
+    from cli.demo import run_demo
 
     return run_demo(Path(args.workdir), data=args.data, category=args.category, progress=_progress)
 

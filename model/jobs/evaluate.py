@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from model import metrics, plots
-from model.dataset import GOOD, TestSample, check_both_classes, file_sha256, list_test_set, read_mask
-from model.imageio import read_image, resize_rgb
-from model.inspector import Inspector
-from model.postprocess import resize_map
-from model.progress import ProgressFactory, silent_progress
+from model.reporting import metrics, plots
+from model.jobs.dataset import GOOD, TestSample, check_both_classes, file_sha256, list_test_set, read_mask
+from model.runtime.imageio import read_image, resize_rgb
+from model.runtime.inspector import Inspector
+from model.method.amc import resize_map
+from model.jobs.progress import ProgressFactory, silent_progress
 
 log = logging.getLogger(__name__)
 

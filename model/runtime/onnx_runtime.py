@@ -1,7 +1,7 @@
 """ONNX export of the feature path and an ONNX Runtime stand-in for it.
 
 The feature path (backbone + both branches' feature builders + Gaussian dim selection,
-see ``model.features.FeaturePath``) is the heavy part of inference. It is exported as
+see ``model.method.features.FeaturePath``) is the heavy part of inference. It is exported as
 one ONNX graph with a dynamic batch axis; ``OrtFeaturePath`` runs that graph in an
 ``onnxruntime.InferenceSession`` and has the feature path's call interface::
 

@@ -24,16 +24,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.artifact import Artifact, load_artifact
-from model.backbone import frozen
-from model.calibration import Thresholds
-from model.config import FitConfig
-from model.features import FeaturePath, feature_path_from_tensors
-from model.gaussian import GaussianModel
-from model.imageio import preprocess, preprocess_on_device
-from model.memory_bank import MemoryBank
-from model.onnx_runtime import OrtFeaturePath, check_runtime
-from model.postprocess import AnomalyMapCombiner, normalized_score
+from model.artifact.store import Artifact, load_artifact
+from model.method.backbone import frozen
+from model.method.calibration import Thresholds
+from model.method.config import FitConfig
+from model.method.features import FeaturePath, feature_path_from_tensors
+from model.method.gaussian import GaussianModel
+from model.runtime.imageio import preprocess, preprocess_on_device
+from model.method.memory_bank import MemoryBank
+from model.runtime.onnx_runtime import OrtFeaturePath, check_runtime
+from model.method.amc import AnomalyMapCombiner, normalized_score
 
 log = logging.getLogger(__name__)
 

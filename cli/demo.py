@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from model.dataset import list_images
-from model.fit import fit
-from model.progress import ProgressFactory, silent_progress
-from model.synthetic import generate_category
+from model.jobs.dataset import list_images
+from model.jobs.fit import fit
+from model.jobs.progress import ProgressFactory, silent_progress
+from cli.synthetic import generate_category
 from service.app import create_app
 from service.settings import Settings
 

@@ -2,7 +2,7 @@
 
 One ``nn.Module`` from the normalised image to both branches' inputs, so the whole
 path can be exported to ONNX as one graph. The Gaussian branch's input goes through a
-pluggable *fusion* module (LGFFP, ``model.fusion``); without it, plain concatenation.
+pluggable *fusion* module (LGFFP, ``model.method.fusion``); without it, plain concatenation.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.backbone import build_feature_net
-from model.config import FitConfig
-from model.fusion import LayerConcat, build_fusion
+from model.method.backbone import build_feature_net
+from model.method.config import FitConfig
+from model.method.fusion import LayerConcat, build_fusion
 
 
 class FeaturePath(nn.Module):

@@ -20,23 +20,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import metrics
-from model.artifact import artifact_size_bytes, validate_category, write_artifact
-from model.backbone import create_feature_extractor
-from model.calibration import calibrate_on_good, calibrate_with_defects, score_statistics
-from model.config import AUTO, FitConfig
-from model.coreset import greedy_coreset
-from model.dataset import TestSample, file_sha256, fingerprint, list_images, read_mask
-from model.features import FeaturePath, assemble, select_dims
-from model.fusion import TokenFusion, build_fusion, fusion_channels
-from model.gaussian import GaussianAccumulator, GaussianModel
-from model.host import keep_freed_memory
-from model.imageio import preprocess, read_image, resize_rgb
-from model.inspector import Branches, Inspector, Timer, normalization
-from model.memory_bank import MemoryBank, flatten_patches
-from model.postprocess import image_scores
-from model.progress import ProgressFactory, silent_progress
-from model.psg import PSGReport, fine_tune, needs_training
+from model.reporting import metrics
+from model.artifact.store import artifact_size_bytes, validate_category, write_artifact
+from model.method.backbone import create_feature_extractor
+from model.method.calibration import calibrate_on_good, calibrate_with_defects, score_statistics
+from model.method.config import AUTO, FitConfig
+from model.method.coreset import greedy_coreset
+from model.jobs.dataset import TestSample, file_sha256, fingerprint, list_images, read_mask
+from model.method.features import FeaturePath, assemble, select_dims
+from model.method.fusion import TokenFusion, build_fusion, fusion_channels
+from model.method.gaussian import GaussianAccumulator, GaussianModel
+from model.jobs.host import keep_freed_memory
+from model.runtime.imageio import preprocess, read_image, resize_rgb
+from model.runtime.inspector import Branches, Inspector, Timer, normalization
+from model.method.memory_bank import MemoryBank, flatten_patches
+from model.method.amc import image_scores
+from model.jobs.progress import ProgressFactory, silent_progress
+from model.method.psg import PSGReport, fine_tune, needs_training
 
 log = logging.getLogger(__name__)
 

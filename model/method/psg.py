@@ -1,7 +1,7 @@
 """PSG (pseudo-sample generation): fine-tune the feature path on a 3-way task.
 
 Every good image gives three views: itself, a CutPaste and a CutPaste-Scar copy
-(``model.cutpaste``). A small head on the globally pooled features learns to tell them
+(``model.method.cutpaste``). A small head on the globally pooled features learns to tell them
 apart; the gradient reaches the backbone (``psg.enabled``) and the LGFFP fusion blocks
 (``fusion.enabled``). The head is thrown away afterwards: only the features are kept.
 
@@ -24,12 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import FitConfig
-from model.cutpaste import NORMAL, pseudo_views
-from model.features import FeaturePath
-from model.fusion import TokenFusion
-from model.imageio import preprocess
-from model.progress import ProgressFactory, silent_progress
+from model.method.config import FitConfig
+from model.method.cutpaste import NORMAL, pseudo_views
+from model.method.features import FeaturePath
+from model.method.fusion import TokenFusion
+from model.runtime.imageio import preprocess
+from model.jobs.progress import ProgressFactory, silent_progress
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def fine_tune(
     """Train ``features`` in place on the PSG task over good ``images`` (RGB ``uint8 [S, S, 3]``).
 
     Seeded by ``config.seed``: the same images and config give the same weights.
-    ``psg.enabled`` must be true or false: the fit resolves "auto" (``model.fit.psg_variants``).
+    ``psg.enabled`` must be true or false: the fit resolves "auto" (``model.jobs.fit.psg_variants``).
     """
     p = config.psg
     if not isinstance(p.enabled, bool):

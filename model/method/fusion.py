@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from model.backbone import WeightsError, read_state_dict, timm_hub_state_dict
-from model.config import FitConfig
+from model.method.backbone import WeightsError, read_state_dict, timm_hub_state_dict
+from model.method.config import FitConfig
 
 log = logging.getLogger(__name__)
 
