@@ -29,6 +29,7 @@ from model.method.config import ABLATIONS, FitConfig  # noqa: E402
 from model.jobs.dataset import TestSample, file_sha256, list_defects  # noqa: E402
 from model.jobs.evaluate import evaluate  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
+from model.jobs.host import keep_freed_memory  # noqa: E402
 from model.runtime.imageio import read_image  # noqa: E402
 from model.runtime.inspector import Inspector  # noqa: E402
 
@@ -88,6 +89,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI does before a fit
     rows = []
     test_files = sorted((Path(args.data) / "test").glob("*/*"))[:: 4][: args.latency_images]
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}

@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.method.config import FitConfig  # noqa: E402
+from model.artifact.store import read_manifest  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
 
 PAPER = {"psg.enabled": True, "psg.max_steps": 0, "psg.epochs": 64, "psg.batch_size": 32}
@@ -38,8 +39,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         report = fit(args.data, "psg", tmp, config, device=args.device)
         shutil.copy(report.artifact / "backbone.safetensors", args.out)
-        manifest = json.loads((report.artifact / "manifest.json").read_text())
-    print(json.dumps({"overrides": overrides, "seconds": report.seconds, "psg": manifest["fit"]["psg"]}, indent=1))
+        manifest = read_manifest(report.artifact)
+    print(json.dumps({"overrides": overrides, "seconds": report.seconds, "psg": manifest.fit.psg}, indent=1))
 
 
 if __name__ == "__main__":

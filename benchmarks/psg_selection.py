@@ -24,10 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.jobs.dataset import list_test_set, read_mask  # noqa: E402
-from model.jobs.fit import image_maps, prefer_psg  # noqa: E402
+from model.artifact.store import read_manifest  # noqa: E402
+from model.jobs.fit import inspect_files, prefer_psg  # noqa: E402
 from model.runtime.inspector import Inspector  # noqa: E402
 from model.reporting.metrics import metric_block  # noqa: E402
-from model.method.amc import image_scores  # noqa: E402
 from model.jobs.progress import silent_progress  # noqa: E402
 
 METRICS = ("image_auroc", "pixel_auroc", "au_pro")
@@ -41,8 +41,8 @@ RULES = {
 
 def artifact_maps(artifact: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Final maps ``[N, S, S]`` (at the model input size) and image scores ``[N]`` of ``files``."""
-    maps = image_maps(Inspector.from_artifact(artifact, "cpu"), files, silent_progress, "maps")
-    return maps, image_scores(torch.from_numpy(maps)).numpy()
+    scores, maps = inspect_files(Inspector.from_artifact(artifact, "cpu"), files, silent_progress, "maps")
+    return maps, scores
 
 
 def metric_row(maps: np.ndarray, scores: np.ndarray, labels: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -62,8 +62,8 @@ def main() -> int:
     torch.set_num_threads(2)
 
     samples, _ = list_test_set(args.data)
-    manifest = json.loads((args.base / "manifest.json").read_text())
-    holdout, size = manifest["training"]["holdout_files"], manifest["config"]["image_size"]
+    manifest = read_manifest(args.base)
+    holdout, size = manifest.training.holdout_files, manifest.config.image_size
     files = [s.path for s in samples] + [Path(args.data) / "train" / "good" / f for f in holdout]
     defect = np.array([s.defect for s in samples])
     masks = np.stack([read_mask(s, size) for s in samples] + [np.zeros((size, size), bool)] * len(holdout))

@@ -57,8 +57,10 @@ def load_config(config_file: str | None, overrides: list[str]):
 def cmd_fit(args: argparse.Namespace) -> int:
     from model.jobs.dataset import list_defects
     from model.jobs.fit import fit
+    from model.jobs.host import keep_freed_memory
 
     config = load_config(args.config, args.set)
+    keep_freed_memory()  # process-wide: glibc keeps freed memory for the next training step
     defects = list_defects(args.defects) if args.defects else ()
     report = fit(args.data, args.category, args.artifacts, config, device=args.device, progress=_progress,
                  defects=defects)
@@ -80,7 +82,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from model.jobs.evaluate import evaluate
     from model.runtime.inspector import Inspector
+    from model.runtime.process import configure_device
 
+    configure_device(args.device)
     inspector = Inspector.from_artifact(args.artifact, args.device)
     output = Path(args.output)
     plots = Path(args.plots) if args.plots else output.with_name(output.stem + "_plots")

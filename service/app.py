@@ -14,8 +14,9 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import torch
 from fastapi import FastAPI
+
+from model.serving import configure_device, set_torch_threads
 
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -57,9 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the categories, serve, then stop the batchers and the inference threads."""
     settings: Settings = app.state.settings
     registry: Registry = app.state.registry
-    previous_threads = torch.get_num_threads()
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    previous_threads = set_torch_threads(settings.torch_threads)
+    configure_device(settings.device)
     app.state.metrics.track_gpu_memory(settings.device)
     uninstall = lambda: None  # noqa: E731
     try:
@@ -71,7 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         uninstall()
         await registry.close()
         if settings.torch_threads:
-            torch.set_num_threads(previous_threads)
+            set_torch_threads(previous_threads)
 
 
 def install_sighup_reload(registry: Registry) -> Callable[[], None]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.runtime.inspector import InspectionResult, Inspector
+from model.serving import InspectionResult, Inspector
 from service.metrics import Metrics
 
 log = logging.getLogger("service.batching")
@@ -47,8 +47,7 @@ class ModelUnavailable(Exception):
 class Scored:
     """One image's result and how it was produced."""
 
-    result: InspectionResult
-    inspector: Inspector  # the one that scored it (artifact id, thresholds)
+    result: InspectionResult  # carries the artifact id and thresholds of the inspector that scored it
     queue_ms: float  # enqueued -> its batch started
     inference_ms: float  # wall time of the batch's inspect call, thread hand-off included
     batch_size: int
@@ -193,7 +192,7 @@ class Batcher:
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 queue_ms = (started - item.enqueued) * 1000.0
-                item.future.set_result(Scored(result, inspector, queue_ms, inference_ms, len(batch)))
+                item.future.set_result(Scored(result, queue_ms, inference_ms, len(batch)))
 
 
 def _fail(batch: list[WorkItem], exc: BaseException) -> None:

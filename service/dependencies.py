@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from pydantic import SecretStr
 
-from model.artifact.store import validate_category
+from model.serving import validate_category
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.registry import Category, Registry

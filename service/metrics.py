@@ -22,6 +22,8 @@ from collections.abc import Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from model.serving import gpu_memory_bytes
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 UNKNOWN_CATEGORY = "_unknown"
@@ -72,12 +74,8 @@ class Metrics:
 
     def track_gpu_memory(self, device: str) -> None:
         """Read CUDA allocated memory at every scrape when serving on CUDA."""
-        if device != "cuda":
-            return
-        import torch
-
-        if torch.cuda.is_available():
-            self.gpu_memory.set_function(lambda: float(torch.cuda.memory_allocated()))
+        if device == "cuda" and gpu_memory_bytes() is not None:
+            self.gpu_memory.set_function(lambda: gpu_memory_bytes() or 0.0)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""

@@ -23,8 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from model.artifact.store import ArtifactError, list_categories, read_manifest, validate_category
-from model.runtime.inspector import Inspector
+from model.serving import ArtifactError, Inspector, list_categories, read_manifest, validate_category
 from service.batching import Batcher
 from service.metrics import UNKNOWN_CATEGORY, Metrics
 from service.settings import Settings
@@ -170,8 +169,8 @@ class Registry:
         inspector = Inspector.from_artifact(path, self.settings.device, runtime=self.settings.runtime)
         if self.settings.precision != "fp32":
             inspector.configure_execution(precision=self.settings.precision)
-        if inspector.manifest.get("category") not in (None, name):
-            log.warning("category %s serves an artifact fitted as %r", name, inspector.manifest.get("category"))
+        if inspector.manifest.category != name:
+            log.warning("category %s serves an artifact fitted as %r", name, inspector.manifest.category)
         if self.settings.device != "cuda":
             self._warm_up(inspector, name, sorted({1, self.settings.max_batch_size}))
         return inspector
@@ -243,7 +242,7 @@ class Registry:
         if category is None or category.inspector is None:
             return False
         try:
-            return read_manifest(self.root / name).get("artifact_id") == category.artifact_id
+            return read_manifest(self.root / name).artifact_id == category.artifact_id
         except ArtifactError:
             return False
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.serving import Region, Thresholds
+
 
 class Finite(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
@@ -22,17 +24,6 @@ class ErrorBody(BaseModel):
     error: str = Field(description="human-readable message")
     code: str = Field(description="stable code, e.g. invalid_image, image_too_large, artifact_unavailable")
     request_id: str
-
-
-class Region(Finite):
-    """A connected defect region of the mask, in pixels of the input image."""
-
-    x: int
-    y: int
-    width: int
-    height: int
-    area: int = Field(description="pixels in the region")
-    peak: float = Field(description="highest anomaly-map value in the region")
 
 
 class ImageResult(Finite):
@@ -52,7 +43,7 @@ class ImageResult(Finite):
     )
     mask: str | None = Field(None, description="base64 PNG (8-bit gray, 255 = defect): map > pixel_threshold")
     overlay: str | None = Field(None, description="base64 PNG (RGB): heatmap blended on the input, mask outlined")
-    regions: list[Region] = Field(description="defect regions, highest peak first")
+    regions: list[Region] = Field(description="defect regions of the mask in input pixels (bbox, area, peak), highest peak first")
     batch_size: int = Field(description="images in the inference call that scored this one")
     timings_ms: dict[str, float] = Field(
         description="server stages: read, decode, queue, inference stages (batch), inference, encode, total"
@@ -82,13 +73,6 @@ class CategoryStatus(BaseModel):
 
 class CategoryList(BaseModel):
     categories: list[CategoryStatus]
-
-
-class Thresholds(BaseModel):
-    image: float
-    pixel: float
-    scale: float
-    method: str
 
 
 class ManifestSummary(BaseModel):

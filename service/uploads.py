@@ -1,7 +1,7 @@
 """Reading the images of an inspect request: multipart ``file`` / ``files``, or a raw ``image/*`` body.
 
 The body size limit is enforced beneath this, by ``BodyLimitMiddleware``, while the
-body streams in. Decoding goes through ``model.runtime.imageio.decode_image``, the path
+body streams in. Decoding goes through ``model.serving.decode_image``, the path
 ``evaluate`` uses, so served scores equal evaluated ones.
 """
 
@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 
-from model.runtime.imageio import ImageDecodeError, decode_image
+from model.serving import ImageDecodeError, decode_image
 from service.errors import ApiError, PayloadTooLarge
 
 RAW_TYPES = ("image/", "application/octet-stream")

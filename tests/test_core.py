@@ -14,7 +14,8 @@ from model.method.fusion import LayerConcat
 from model.method.gaussian import GaussianAccumulator, GaussianModel, neighbourhood_shifts
 from model.jobs.host import keep_freed_memory
 from model.method.memory_bank import MemoryBank
-from model.method.amc import AnomalyMapCombiner, find_regions, gaussian_kernel1d, image_scores, normalized_score
+from model.method.amc import AnomalyMapCombiner, gaussian_kernel1d, image_scores
+from model.runtime.verdict import find_regions, normalized_score
 
 
 def test_coreset_picks_far_points_first():

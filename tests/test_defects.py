@@ -18,7 +18,8 @@ from model.method.calibration import calibrate_with_defects
 from model.method.config import FitConfig
 from model.jobs.dataset import file_sha256, list_defects
 from model.jobs.evaluate import evaluate
-from model.jobs.fit import build_feature_path, fit, prefer_psg
+from model.jobs.fit import fit, prefer_psg
+from model.jobs.variant import build_feature_path
 from model.runtime.inspector import Inspector
 from service.app import create_app
 from cli.main import main as cli_main
@@ -136,7 +137,7 @@ def test_evaluate_leaves_out_the_fit_defects(tiny_data, tmp_path, defects):
     with TestClient(create_app(Settings(artifacts=tmp_path))) as client:
         summary = client.get("/categories/d").json()["manifest"]
     assert summary["labelled_defects"] == len(defects)
-    assert summary["validation"] == inspector.manifest["calibration"]["validation"]
+    assert summary["validation"] == inspector.manifest.calibration.validation
     assert summary["thresholds"]["method"] == "f1(image,pixel)"
 
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from model.artifact.store import load_artifact
 from model.method.backbone import WeightsError, timm_hub_state_dict
 from model.jobs.dataset import list_images
-from model.jobs.fit import build_feature_path, fit
+from model.jobs.fit import fit
+from model.jobs.variant import build_feature_path
 from model.method.fusion import LayerConcat, TokenFusion, resample_pos_embed, resize_to
 from model.runtime.imageio import preprocess, read_image, resize_rgb
 from model.runtime.inspector import Inspector

@@ -9,7 +9,7 @@ A new fit is written into a temporary folder, fsynced, renamed into ``.versions`
 published by atomically replacing the ``<category>`` symlink (``os.replace``). A crash
 or kill at any point leaves the previous artifact served. The manifest records the
 SHA-256 of every other file; loading refuses an artifact whose files do not match.
-No pickle anywhere.
+No pickle anywhere. The manifest's schema is ``model.artifact.manifest``.
 """
 
 from __future__ import annotations
@@ -23,33 +23,29 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from model.artifact.manifest import ArtifactError, Manifest
+
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VERSIONS_DIR = ".versions"
 KEEP_VERSIONS = 2  # the live one and the one before it (rollback)
 CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class ArtifactError(RuntimeError):
-    """An artifact is missing, incomplete, tampered with or of an unknown format."""
-
-
 @dataclass
 class Artifact:
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     tensors: dict[str, dict[str, torch.Tensor]]  # file stem -> tensors
 
     @property
     def artifact_id(self) -> str:
-        return self.manifest["artifact_id"]
+        return self.manifest.artifact_id
 
 
 def validate_category(name: str) -> str:
@@ -76,12 +72,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_artifact(
-    root: Path | str, category: str, manifest: dict[str, Any], tensors: dict[str, dict[str, torch.Tensor]]
+    root: Path | str, category: str, manifest: Manifest, tensors: dict[str, dict[str, torch.Tensor]]
 ) -> Path:
     """Write and atomically publish an artifact; returns the published ``<root>/<category>`` path.
 
     ``tensors`` maps a file stem (``backbone``, ``memory_bank``...) to its tensors.
-    ``manifest`` gets ``format_version``, ``category``, ``files`` and ``artifact_id`` added.
+    The manifest is written with its ``artifact_id`` and ``files`` (``Manifest.published``).
     """
     validate_category(category)
     root = Path(root)
@@ -95,17 +91,15 @@ def write_artifact(
             save_file({k: v.detach().cpu().contiguous() for k, v in group.items()}, str(tmp / name))
             files[name] = sha256_file(tmp / name)
         digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12]
-        full = {"format_version": FORMAT_VERSION, "category": category, "artifact_id": f"{category}-{digest}"}
-        full.update(manifest)
-        full["files"] = files
-        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False, allow_nan=False))
+        full = manifest.published(f"{category}-{digest}", files)
+        (tmp / MANIFEST).write_text(json.dumps(full.to_dict(), indent=2, sort_keys=False, allow_nan=False))
         for f in tmp.iterdir():
             os.chmod(f, 0o644)  # readable by a non-root server (read-only container mount)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         _fsync_dir(tmp)
-        final = versions / full["artifact_id"]
+        final = versions / full.artifact_id
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -146,24 +140,20 @@ def _prune(root: Path, category: str, keep: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def read_manifest(path: Path | str) -> dict[str, Any]:
+def read_manifest(path: Path | str) -> Manifest:
     path = Path(path)
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        data = json.loads((path / MANIFEST).read_text())
     except FileNotFoundError as exc:
         raise ArtifactError(f"{path}: no {MANIFEST}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: {MANIFEST} is not valid JSON") from exc
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
-    if not isinstance(manifest.get("files"), dict):
-        raise ArtifactError(f"{path}: manifest lists no files")
-    return manifest
+    return Manifest.from_dict(data, str(path))
 
 
-def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+def verify_files(path: Path, manifest: Manifest) -> None:
     """Raise ``ArtifactError`` unless every listed file exists with its recorded SHA-256."""
-    for name, expected in manifest["files"].items():
+    for name, expected in manifest.files.items():
         if Path(name).name != name:
             raise ArtifactError(f"{path}: manifest names a file outside the artifact: {name!r}")
         f = path / name
@@ -179,7 +169,7 @@ def load_artifact(path: Path | str) -> Artifact:
     manifest = read_manifest(path)
     verify_files(path, manifest)
     try:
-        tensors = {Path(name).stem: load_file(str(path / name)) for name in manifest["files"]}
+        tensors = {Path(name).stem: load_file(str(path / name)) for name in manifest.files}
     except Exception as exc:  # safetensors raises its own error types
         raise ArtifactError(f"{path}: unreadable tensors: {exc}") from exc
     return Artifact(path=path, manifest=manifest, tensors=tensors)

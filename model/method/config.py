@@ -152,6 +152,11 @@ class FitConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def blocks(self) -> dict[str, bool]:
+        """The method's switchable blocks and whether each is on (``"auto"`` counts as on)."""
+        sections = ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))
+        return {name: bool(s.enabled) for name, s in sections if hasattr(s, "enabled")}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FitConfig:
         sections = {f.name: f.type for f in dataclasses.fields(cls)}

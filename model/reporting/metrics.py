@@ -220,17 +220,23 @@ def au_pro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float
 def binary_counts(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
     """Confusion counts and precision/recall/F1 of the rule ``score > threshold``.
 
-    ``scores [N]`` and binary ``labels [N]`` (any equal-size shapes). Returns a dict with
-    int ``tp, fp, fn, tn`` and float ``precision, recall, f1`` (0.0 where undefined, as
-    scikit-learn's default ``zero_division``).
+    ``scores [N]`` and binary ``labels [N]`` (any equal-size shapes); see ``confusion``.
     """
     s = _flat_scores(scores)
-    y = _flat_labels(labels, s.size)
-    pred = s > threshold
+    return confusion(s > threshold, labels)
+
+
+def confusion(predicted: np.ndarray, labels: np.ndarray) -> dict:
+    """Confusion counts and precision/recall/F1 of boolean ``predicted`` against binary ``labels``
+    (equal sizes, any shapes). Returns int ``tp, fp, fn, tn`` and float ``precision, recall, f1``
+    (0.0 where undefined, as scikit-learn's default ``zero_division``).
+    """
+    pred = np.asarray(predicted, dtype=bool).ravel()
+    y = _flat_labels(labels, pred.size)
     tp = int(np.count_nonzero(pred & y))
     fp = int(np.count_nonzero(pred)) - tp
     fn = int(np.count_nonzero(y)) - tp
-    tn = s.size - tp - fp - fn
+    tn = pred.size - tp - fp - fn
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0

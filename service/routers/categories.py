@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from service.dependencies import CategoryName, RegistryDep, known_category, require_reload_permission
 from service.errors import ApiError, request_id_of
+from model.serving import Manifest
 from service.registry import Category, ReloadError
 from service.schemas import (
     CategoryDetail,
@@ -16,7 +17,6 @@ from service.schemas import (
     ErrorBody,
     ManifestSummary,
     ReloadResult,
-    Thresholds,
 )
 
 router = APIRouter(prefix="/categories", tags=["categories"])
@@ -27,29 +27,25 @@ def category_status(category: Category) -> CategoryStatus:
                           error=category.error, loaded_at=category.loaded_at)
 
 
-def manifest_summary(manifest: dict[str, Any]) -> ManifestSummary:
+def manifest_summary(manifest: Manifest) -> ManifestSummary:
     """The manifest's useful facts (no file hashes, no training file names)."""
-    config = manifest.get("config", {})
-    backbone = config.get("backbone", {})
-    fit = manifest.get("fit", {})
-    training = manifest.get("training", {})
-    thresholds = manifest.get("calibration", {}).get("thresholds")
+    config, fit, training = manifest.config, manifest.fit, manifest.training
     return ManifestSummary(
-        format_version=manifest.get("format_version"),
-        created_at=manifest.get("created_at"),
-        backbone_arch=backbone.get("arch"),
-        backbone_weights=backbone.get("weights"),
-        image_size=config.get("image_size"),
-        blocks={k: bool(v["enabled"]) for k, v in config.items() if isinstance(v, dict) and "enabled" in v},
-        thresholds=Thresholds(**thresholds) if thresholds else None,
-        bank_size=fit.get("bank_size"),
-        n_patches=fit.get("n_patches"),
-        fit_seconds=fit.get("seconds", {}),
-        training_images=training.get("n_images"),
-        training_fingerprint=training.get("fingerprint"),
-        labelled_defects=(training.get("defects") or {}).get("n", 0),
-        validation=manifest.get("calibration", {}).get("validation"),
-        versions=manifest.get("versions", {}),
+        format_version=manifest.format_version,
+        created_at=manifest.created_at,
+        backbone_arch=config.backbone.arch,
+        backbone_weights=config.backbone.weights,
+        image_size=config.image_size,
+        blocks=config.blocks(),
+        thresholds=manifest.calibration.thresholds,
+        bank_size=fit.bank_size,
+        n_patches=fit.n_patches,
+        fit_seconds=fit.seconds,
+        training_images=training.n_images,
+        training_fingerprint=training.fingerprint,
+        labelled_defects=training.defects.n if training.defects is not None else 0,
+        validation=manifest.calibration.validation,
+        versions=manifest.versions,
     )
 
 

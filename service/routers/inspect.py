@@ -13,12 +13,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from model.serving import NonFiniteResult
 from service.batching import ModelUnavailable, QueueFull, Scored
 from service.dependencies import MetricsDep, SettingsDep, require_api_key, serving_category
 from service.errors import ApiError, request_id_of
 from service.metrics import Metrics
 from service.registry import Category
-from service.rendering import NonFiniteResult, RenderOptions, parse_outputs, render
+from service.rendering import RenderOptions, encode_images, parse_outputs
 from service.schemas import BatchResult, ErrorBody, ImageResult
 from service.uploads import CLIENT_CLOSED, Upload, decode_all, read_uploads
 
@@ -193,15 +194,30 @@ def _render_all(
     images: list[np.ndarray], scored: list[Scored], options: RenderOptions, rid: str
 ) -> list[tuple[dict, float]]:
     try:
-        return [render(image, s, options) for image, s in zip(images, scored, strict=True)]
+        return [_render(image, s, options) for image, s in zip(images, scored, strict=True)]
     except NonFiniteResult as exc:
         log.error("request %s: %s", rid, exc)
         raise ApiError(500, "internal_error", "internal server error") from None
 
 
+def _render(image: np.ndarray, s: Scored, options: RenderOptions) -> tuple[dict, float]:
+    """One image's response fields (without ids and timings) and the encode time in ms: the
+    verdict at the input's size, then its PNGs."""
+    started = time.perf_counter()
+    verdict = s.result.verdict(image.shape[:2], options.threshold, options.max_regions)
+    fields = {
+        "width": verdict.width, "height": verdict.height, "score": verdict.score,
+        "normalized_score": verdict.normalized_score, "threshold": verdict.threshold,
+        "pixel_threshold": verdict.pixel_threshold, "is_anomalous": verdict.is_anomalous,
+        "regions": verdict.regions,
+        **encode_images(image, verdict, 2.0 * s.result.thresholds.image, options),
+    }
+    return fields, (time.perf_counter() - started) * 1000.0
+
+
 def _image_result(category: str, upload: Upload, s: Scored, fields: dict, rid: str, timings: dict) -> ImageResult:
     return _build(ImageResult, category=category, filename=upload.filename, batch_size=s.batch_size,
-                  timings_ms=timings, artifact_id=s.inspector.artifact_id, request_id=rid, **fields)
+                  timings_ms=timings, artifact_id=s.result.artifact_id, request_id=rid, **fields)
 
 
 def _build(model, **fields):

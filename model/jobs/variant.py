@@ -1,0 +1,139 @@
+"""One fitted variant of a category: feature path (PSG-trained when configured), memory bank
+and Gaussians, built from the good images by the stages backbone, psg, features, coreset
+and gaussian. ``fit`` builds one variant per candidate configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.jobs.progress import ProgressFactory
+from model.method.backbone import create_feature_extractor
+from model.method.config import FitConfig
+from model.method.coreset import greedy_coreset
+from model.method.features import FeaturePath, assemble, select_dims
+from model.method.fusion import TokenFusion, build_fusion, fusion_channels
+from model.method.gaussian import GaussianAccumulator, GaussianModel
+from model.method.memory_bank import MemoryBank, flatten_patches
+from model.method.psg import PSGReport, fine_tune, needs_training
+from model.runtime.execution import Timer
+from model.runtime.imageio import preprocess, read_image, resize_rgb
+from model.runtime.inspector import Branches, Inspector, normalization
+
+
+def batches(files: Sequence[Path], size: int) -> Iterator[list[np.ndarray]]:
+    """Decoded RGB images in lists of ``size``."""
+    for start in range(0, len(files), size):
+        yield [read_image(str(f)) for f in files[start : start + size]]
+
+
+def build_feature_path(config: FitConfig) -> tuple[FeaturePath, list[float], list[float]]:
+    """Backbone with its pretrained weights, fusion and Gaussian dim selection (seeded by ``config.seed``)."""
+    torch.manual_seed(config.seed)
+    bb = config.backbone
+    backbone = create_feature_extractor(bb.arch, bb.out_indices, bb.weights)
+    mean, std = normalization(backbone)
+    fusion = build_fusion(config, backbone)
+    dims = select_dims(fusion_channels(fusion, backbone, config), config.gaussian.dims, config.seed)
+    return assemble(backbone, config, fusion, dims), mean, std
+
+
+def train_psg(
+    features: FeaturePath, files: Sequence[Path], config: FitConfig, mean, std, device, progress: ProgressFactory
+) -> PSGReport:
+    """PSG fine-tuning of ``features`` on the good ``files`` (decoded and resized once, kept in memory)."""
+    images = [resize_rgb(read_image(str(f)), config.image_size) for f in files]
+    return fine_tune(features, images, config, mean, std, device, progress)
+
+
+@torch.inference_mode()
+def extract(
+    features: FeaturePath, files: Sequence[Path], config: FitConfig, mean, std, device, progress: ProgressFactory
+) -> tuple[torch.Tensor, GaussianAccumulator]:
+    """NNS patches ``[N*h*w, Cn]`` (on CPU) and the Gaussian moments of ``files``."""
+    patches, acc = [], GaussianAccumulator(config.gaussian.shift_tolerance)
+    bar = progress("features", len(files))
+    for images in batches(files, config.batch_size):
+        x = preprocess(images, config.image_size, mean, std).to(device)
+        nns, gauss = features(x)
+        if config.nns.enabled:
+            patches.append(flatten_patches(nns).cpu())
+        if config.gaussian.enabled:
+            acc.update(gauss)
+        bar.update(len(images))
+    bar.close()
+    return (torch.cat(patches) if patches else torch.empty(0)), acc
+
+
+def build_memory_bank(patches: torch.Tensor, config: FitConfig, progress: ProgressFactory) -> MemoryBank:
+    """Greedy coreset of ``patches [N, C]`` (randomly capped at ``max_coreset_patches`` first)."""
+    cap = config.nns.max_coreset_patches
+    if patches.shape[0] > cap:
+        gen = torch.Generator().manual_seed(config.seed)
+        patches = patches[torch.randperm(patches.shape[0], generator=gen)[:cap]]
+    n_select = max(1, round(config.nns.coreset_ratio * patches.shape[0]))
+    bar = progress("coreset", n_select)
+    idx = greedy_coreset(patches, n_select, config.nns.projection_dim, config.seed, on_step=lambda _: bar.update())
+    bar.close()
+    return MemoryBank(patches[idx].clone())
+
+
+@dataclass
+class Variant:
+    """One fitted configuration: feature path, scoring branches and the PSG training report."""
+
+    config: FitConfig
+    features: FeaturePath
+    bank: MemoryBank | None
+    gaussian: GaussianModel | None
+    mean: list[float]
+    std: list[float]
+    n_patches: int
+    psg: PSGReport | None
+
+    @property
+    def bank_size(self) -> int:
+        return int(self.bank.bank.shape[0]) if self.bank is not None else 0
+
+    def inspector(self, device: str) -> Inspector:
+        return Inspector(self.config, self.features, Branches(self.bank, self.gaussian), None, self.mean, self.std,
+                         device)
+
+    def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        tensors: dict[str, dict[str, torch.Tensor]] = {"backbone": self.features.backbone.state_dict()}
+        if isinstance(self.features.fusion, TokenFusion):
+            tensors["fusion"] = self.features.fusion.state_dict()
+        if self.bank is not None:
+            tensors["memory_bank"] = self.bank.tensors()
+        if self.gaussian is not None:
+            tensors["gaussian"] = {**self.gaussian.tensors(), "dims": self.features.gauss_dims}
+        return tensors
+
+
+def fit_variant(
+    config: FitConfig, files: Sequence[Path], device: str, progress: ProgressFactory, watch: Timer
+) -> Variant:
+    """Feature path (PSG-trained when configured), memory bank and Gaussians from the good ``files``."""
+    with watch.stage("backbone"):
+        features, mean, std = build_feature_path(config)
+        features = features.eval().to(device)
+    psg = None
+    if needs_training(config):
+        with watch.stage("psg"):
+            psg = train_psg(features, files, config, mean, std, device, progress)
+    with watch.stage("features"):
+        patches, acc = extract(features, files, config, mean, std, device, progress)
+    bank = None
+    if config.nns.enabled:
+        with watch.stage("coreset"):
+            bank = build_memory_bank(patches, config, progress)
+    gaussian = None
+    if config.gaussian.enabled:
+        with watch.stage("gaussian"):
+            gaussian = GaussianModel(*acc.finalize(config.gaussian.reg))
+    return Variant(config, features, bank, gaussian, mean, std, int(patches.shape[0]), psg)

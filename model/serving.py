@@ -1,0 +1,36 @@
+"""The model surface of the server: everything ``service/`` may import from ``model/``.
+
+``service/`` imports this module and no other model module, so the HTTP shell depends on
+the runtime (artifact loading, decoding, the Inspector and its verdict) and never on the
+training stack.
+"""
+
+from model.artifact.manifest import Manifest
+from model.artifact.store import ArtifactError, list_categories, read_manifest, validate_category
+from model.method.calibration import Thresholds
+from model.reporting.overlays import colorize, overlay
+from model.runtime.imageio import ImageDecodeError, decode_image
+from model.runtime.inspector import Inspector
+from model.runtime.process import configure_device, gpu_memory_bytes, set_torch_threads
+from model.runtime.verdict import InspectionResult, NonFiniteResult, Region, Verdict
+
+__all__ = [
+    "ArtifactError",
+    "ImageDecodeError",
+    "InspectionResult",
+    "Inspector",
+    "Manifest",
+    "NonFiniteResult",
+    "Region",
+    "Thresholds",
+    "Verdict",
+    "colorize",
+    "configure_device",
+    "decode_image",
+    "gpu_memory_bytes",
+    "list_categories",
+    "overlay",
+    "read_manifest",
+    "set_torch_threads",
+    "validate_category",
+]
