@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.method.backbone import frozen
 from model.method.config import FitConfig
 from model.method.cutpaste import NORMAL, pseudo_views
 from model.method.features import FeaturePath
@@ -174,16 +175,7 @@ def fine_tune(
                 break
             x, y, masks = _batch([images[i] for i in order[start : start + p.batch_size]], rng, mean, std)
             x, y = x.to(device), y.to(device)
-            pooled, feats, fused = _forward(features, x, p.enabled)
-            logits = head(pooled)
-            loss = F.cross_entropy(logits, y)
-            if dense is not None:
-                loss = loss + config.fusion.dense_loss * dense_loss(dense(fused), masks.to(device))
-            if anchored is not None:
-                good = y == NORMAL
-                with torch.no_grad():
-                    reference = anchored(x[good])[p.freeze_through :]
-                loss = loss + p.anchor * anchor_loss([f[good] for f in feats[p.freeze_through :]], reference)
+            loss, logits = _loss(features, head, dense, anchored, x, y, masks.to(device), config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -196,7 +188,23 @@ def fine_tune(
         report.epochs.append({"loss": round(float(np.mean(losses)), 4), "accuracy": round(correct / seen, 4)})
         log.info("psg epoch %d: loss %.4f, accuracy %.3f", len(report.epochs), *report.epochs[-1].values())
     bar.close()
-    features.eval()
-    for param in features.parameters():
-        param.requires_grad_(False)
+    frozen(features)
     return report
+
+
+def _loss(features: FeaturePath, head: PSGHead, dense: nn.Module | None, anchored: nn.Module | None,
+          x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor, config: FitConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PSG loss of one batch ``x [B, 3, S, S]``, labels ``y [B]``, paste masks ``masks``, and
+    the head's logits ``[B, 3]``: cross-entropy, plus the optional dense and anchor terms."""
+    p = config.psg
+    pooled, feats, fused = _forward(features, x, p.enabled)
+    logits = head(pooled)
+    loss = F.cross_entropy(logits, y)
+    if dense is not None:
+        loss = loss + config.fusion.dense_loss * dense_loss(dense(fused), masks)
+    if anchored is not None:
+        good = y == NORMAL
+        with torch.no_grad():
+            reference = anchored(x[good])[p.freeze_through :]
+        loss = loss + p.anchor * anchor_loss([f[good] for f in feats[p.freeze_through :]], reference)
+    return loss, logits
