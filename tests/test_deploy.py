@@ -349,3 +349,22 @@ def test_promtool_accepts_config_and_dashboard_queries(tmp_path) -> None:
     result = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_artifacts_folder_is_tracked_and_mounted() -> None:
+    """The default artifacts root exists in the repo (its README.md tracked, fits ignored), is
+    the folder the compose server mounts read-only and serves, and stays out of the image."""
+    readme = REPO / "artifacts" / "README.md"
+    assert readme.is_file()
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("no git checkout: tracking of artifacts/README.md not checked")
+    tracked = subprocess.run(["git", "ls-files", "artifacts/README.md"], cwd=REPO, capture_output=True, text=True,
+                             timeout=60, check=True)
+    assert tracked.stdout.strip() == "artifacts/README.md", "artifacts/README.md is not tracked by git"
+    inspect = service("inspect")
+    args = parse_cli(inspect["command"])
+    mounts = [v.split(":") for v in inspect["volumes"]]
+    source, _, mode = next(m + [""] * (3 - len(m)) for m in mounts if m[1] == args.artifacts)
+    assert (COMPOSE.parent / source).resolve() == readme.parent.resolve() and mode == "ro"
+    assert "artifacts" in (REPO / ".dockerignore").read_text().split()
+    assert Settings.model_fields["artifacts"].default == Path("artifacts")

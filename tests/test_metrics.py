@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -11,6 +17,7 @@ from model.reporting import plots
 from model.reporting.metrics import au_pro, auroc, binary_counts, f1_at, pro_curve, region_weights, roc_curve
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- AUROC / ROC
@@ -250,3 +257,38 @@ def test_plot_worst_cases(tmp_path) -> None:
     before = len(plt.get_fignums())
     assert _is_png(plots.plot_worst_cases(tmp_path / "worst.png", rows))
     assert len(plt.get_fignums()) == before
+
+
+PLOTS_IN_FRESH_PROCESS = """
+import json, sys
+import matplotlib
+
+def backend():  # the backend as set, without resolving it (get_backend() alone would select one)
+    try:
+        return matplotlib.get_backend(auto_select=False)  # matplotlib >= 3.10: None while unselected
+    except TypeError:
+        return dict.__getitem__(matplotlib.rcParams, "backend")
+
+before = backend()
+from model.reporting import plots
+state = {"before": repr(before), "import_kept_backend": backend() == before,
+         "pyplot_after_import": "matplotlib.pyplot" in sys.modules}
+plots.plot_score_histogram(sys.argv[1], [0.0, 1.0], [2.0], 1.5, "t")
+state.update(after_plot=repr(backend()), plot_kept_backend=backend() == before,
+             pyplot_after_plot="matplotlib.pyplot" in sys.modules)
+print(json.dumps(state))
+"""
+
+
+def test_plots_select_no_backend_and_skip_pyplot(tmp_path) -> None:
+    """Importing ``model.reporting.plots`` (and plotting) in a fresh process leaves matplotlib's
+    backend as it was and never imports ``matplotlib.pyplot``."""
+    out = tmp_path / "h.png"
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"} | {"PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", PLOTS_IN_FRESH_PROCESS, str(out)], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    state = json.loads(result.stdout.strip().splitlines()[-1])
+    assert state["import_kept_backend"] and state["plot_kept_backend"], state
+    assert not state["pyplot_after_import"] and not state["pyplot_after_plot"], state
+    assert _is_png(out)

@@ -1,7 +1,10 @@
-"""Evaluation plots written as PNG files (matplotlib, Agg backend, no display needed).
+"""Evaluation plots written as PNG files (matplotlib, no display needed).
 
-Every function takes the output ``path``, writes one figure there, closes it and returns
-the path.
+Every function takes the output ``path``, writes one figure there and returns the path.
+Figures are built with matplotlib's object-oriented API (``matplotlib.figure.Figure``),
+not ``pyplot``: importing this module selects no backend and touches no global pyplot
+state, and the figures, never registered with pyplot, are freed with their last reference
+(so plotting from several threads is safe).
 """
 
 from __future__ import annotations
@@ -10,11 +13,8 @@ import logging
 from pathlib import Path
 
 import cv2
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +31,11 @@ def _thin(x: np.ndarray, y: np.ndarray, max_points: int = MAX_CURVE_POINTS) -> t
     return x[idx], y[idx]
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
-    """Write ``fig`` to ``path`` as PNG (creating parent folders) and close it."""
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG (creating parent folders); Agg renders it, chosen by the format."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
-    finally:
-        plt.close(fig)
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
     log.debug("wrote %s", path)
     return path
 
@@ -49,7 +46,8 @@ def plot_roc(
     title: str = "ROC",
 ) -> Path:
     """Several named ROC curves on one axes; ``curves[name] = (fpr [K], tpr [K], auc)``."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     for name, (fpr, tpr, auc) in curves.items():
         fx, ty = _thin(fpr, tpr)
         label = f"{name} (AUROC {auc:.4f})" if auc is not None else name
@@ -79,7 +77,8 @@ def plot_score_histogram(
     if hi <= lo:
         lo, hi = lo - 0.5, hi + 0.5
     bins = np.linspace(lo, hi, 41)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     if good.size:
         ax.hist(good, bins=bins, alpha=0.6, color="tab:green", label=f"good (n={good.size})")
     if defect.size:
@@ -101,7 +100,8 @@ def plot_pro(
 ) -> Path:
     """PRO against FPR (``fpr [K], pro [K]``) with the integration limit marked."""
     fx, py = _thin(fpr, pro)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     label = f"PRO (AU-PRO@{fpr_limit:g} {au_pro:.4f})" if au_pro is not None else "PRO"
     ax.plot(fx, py, lw=1.5, label=label)
     ax.axvline(fpr_limit, color="grey", ls="--", lw=1, label=f"FPR limit {fpr_limit:g}")
@@ -142,7 +142,8 @@ def plot_worst_cases(path: str | Path, rows: list[dict]) -> Path:
     ``gt_mask`` bool ``[H, W]`` or ``None``, ``pred_mask`` bool ``[H, W]``, ``title`` str.
     """
     n = max(len(rows), 1)
-    fig, axes = plt.subplots(n, 3, figsize=(10, 3.2 * n), squeeze=False, gridspec_kw={"width_ratios": [1, 1, 2]})
+    fig = Figure(figsize=(10, 3.2 * n))
+    axes = fig.subplots(n, 3, squeeze=False, gridspec_kw={"width_ratios": [1, 1, 2]})
     for r, row in enumerate(rows):
         image = np.asarray(row["image"])
         gt_text = "ground truth | predicted" if row.get("gt_mask") is not None else "(no ground truth) | predicted"

@@ -5,6 +5,10 @@ and the pixel count from the header before anything is decoded. ``preprocess`` t
 RGB arrays into the normalised model input ``[B, 3, S, S]`` with OpenCV on the host;
 ``preprocess_on_device`` does the same on the model's device (CUDA), uploading only the
 ``uint8`` pixels and resizing with two matrix products that reproduce OpenCV's filters.
+
+Importing this module changes no global state. PIL's own decompression-bomb guard
+(``PIL.Image.MAX_IMAGE_PIXELS``) stays as it is unless a caller raises it explicitly at
+start-up with ``allow_decoding_up_to``.
 """
 
 from __future__ import annotations
@@ -26,8 +30,6 @@ DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000
 STAGING_THREADS = min(8, os.cpu_count() or 1)  # host copies into pinned memory (numpy releases the GIL)
 STAGING_MIN_THREADED_BYTES = 8_000_000  # below this one thread is faster (H100 host: 0.23 vs 0.42 ms at 2.4 MB)
 
-Image.MAX_IMAGE_PIXELS = None  # our own limit below applies, before decoding
-
 
 class ImageDecodeError(ValueError):
     """The bytes are not an acceptable image. ``code`` is the API error code."""
@@ -37,6 +39,39 @@ class ImageDecodeError(ValueError):
         self.code = code
 
 
+def allow_decoding_up_to(max_pixels: int) -> int | None:
+    """Raise PIL's decompression-bomb limit so that images of up to ``max_pixels`` open.
+
+    PIL warns at ``Image.open`` above ``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485 by default)
+    and refuses above twice that with ``Image.DecompressionBombError``, which
+    ``decode_image`` reports as ``image_too_large``. Below PIL's limit nothing is needed:
+    ``decode_image`` applies its own ``max_pixels`` from the header. A caller configured
+    for larger images calls this once at start-up; it sets ``MAX_IMAGE_PIXELS`` to
+    ``max_pixels`` only when that is above the current limit, never lowers it and leaves
+    it off (``None``) if something else turned it off. It changes a process-wide PIL
+    setting, so it is an explicit start-up call, not something done at import or per
+    request.
+
+    The server calls it at start-up with ``settings.max_pixels`` (``service/app.py``).
+    Returns PIL's limit now in force.
+    """
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and max_pixels > current:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _too_large(max_pixels: int) -> ImageDecodeError:
+    """``image_too_large`` for an image PIL refused as a decompression bomb, naming the limit
+    that applied: ``max_pixels``, or PIL's (twice ``MAX_IMAGE_PIXELS``) when that is lower
+    because ``allow_decoding_up_to`` was not called for a ``max_pixels`` this large."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    limit = max_pixels if pil_limit is None else min(max_pixels, 2 * pil_limit)
+    return ImageDecodeError(f"image is over the {limit} pixel limit", "image_too_large")
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode PNG/JPEG/BMP/TIFF bytes to RGB ``uint8`` ``[H, W, 3]``.
 
@@ -44,14 +79,19 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
     applied; a multi-frame file yields its first frame.
 
     Raises ``ImageDecodeError`` with code ``invalid_image``, ``unsupported_format`` or
-    ``image_too_large`` (the last from the header, before any pixel is decoded).
+    ``image_too_large`` (the last from the header, before any pixel is decoded: by the
+    check against ``max_pixels`` below, or by PIL's decompression-bomb guard at
+    ``Image.open`` for images over twice ``PIL.Image.MAX_IMAGE_PIXELS``; callers allowing
+    more than that call ``allow_decoding_up_to`` once at start-up).
     """
     if not data:
         raise ImageDecodeError("empty image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # PIL's DecompressionBombWarning: our own check follows
             img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise _too_large(max_pixels) from exc
     except Exception as exc:  # PIL raises many types for garbage input
         raise ImageDecodeError("not a decodable image") from exc
     if img.format not in ALLOWED_FORMATS:
@@ -67,6 +107,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         return _to_rgb(img)
     except ImageDecodeError:
         raise
+    except Image.DecompressionBombError as exc:  # e.g. a TIFF tile larger than the image
+        raise _too_large(max_pixels) from exc
     except Exception as exc:
         raise ImageDecodeError("corrupt or truncated image") from exc
 
