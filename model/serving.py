@@ -9,13 +9,14 @@ from model.artifact.manifest import Manifest
 from model.artifact.store import ArtifactError, list_categories, read_manifest, validate_category
 from model.method.calibration import Thresholds
 from model.reporting.overlays import colorize, overlay
-from model.runtime.imageio import ImageDecodeError, decode_image
+from model.runtime.imageio import ImageDecodeError, allow_decoding_up_to, decode_image
 from model.runtime.inspector import Inspector
 from model.runtime.process import configure_device, gpu_memory_bytes, set_torch_threads
 from model.runtime.verdict import InspectionResult, NonFiniteResult, Region, Verdict
 
 __all__ = [
     "ArtifactError",
+    "allow_decoding_up_to",
     "ImageDecodeError",
     "InspectionResult",
     "Inspector",

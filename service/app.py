@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from model.serving import configure_device, set_torch_threads
+from model.serving import allow_decoding_up_to, configure_device, set_torch_threads
 
 from service.errors import install_error_handlers
 from service.metrics import Metrics
@@ -60,6 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry: Registry = app.state.registry
     previous_threads = set_torch_threads(settings.torch_threads)
     configure_device(settings.device)
+    allow_decoding_up_to(settings.max_pixels)
     app.state.metrics.track_gpu_memory(settings.device)
     uninstall = lambda: None  # noqa: E731
     try:

@@ -29,7 +29,7 @@ DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
 PROMETHEUS = REPO / "docker" / "prometheus.yml"
 GRAFANA = REPO / "docker" / "grafana"
-RUNTIME_FOLDERS = {"artifacts", "data"}  # made by the operator / the fit job, documented in docker-compose.yml
+RUNTIME_FOLDERS = {"data"}  # the operator's images, documented in docker-compose.yml (artifacts/ is in the repo)
 
 
 # --------------------------------------------------------------------------- parsing helpers
