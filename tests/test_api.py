@@ -24,6 +24,7 @@ from model.runtime.inspector import Inspector
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import tiny_config
+from tests.promtext import label_values, metric_value, sample_names
 
 LOOPBACK = ("127.0.0.1", 50000)
 
@@ -74,23 +75,6 @@ def decode_png_b64(text: str) -> np.ndarray:
     arr = cv2.imdecode(np.frombuffer(base64.b64decode(text), np.uint8), cv2.IMREAD_UNCHANGED)
     assert arr is not None
     return arr
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """A sample's value from Prometheus text (0.0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        if "{" in key:
-            sample, _, rest = key.partition("{")
-            got = ",".join(sorted(rest.rstrip("}").split(",")))
-        else:
-            sample, got = key, ""
-        if sample == name and got == want:
-            return float(value)
-    return 0.0
 
 
 def slow_down(client: TestClient, category: str, seconds: float) -> None:
@@ -251,11 +235,12 @@ def test_metrics_count_requests(client, images):
     after = client.get("/metrics")
     assert after.headers["content-type"].startswith("text/plain")
     text = after.text
+    names = sample_names(text)
     for name in ("inspect_requests_total", "inspect_images_total", "inspect_request_duration_seconds_bucket",
                  "inspect_stage_duration_seconds_bucket", "inspect_batch_size_bucket", "inspect_in_flight",
                  "inspect_verdicts_total", "inspect_model_loaded", "inspect_gpu_memory_bytes",
                  "inspect_queue_depth"):
-        assert f"\n{name}" in text, name
+        assert name in names, name
     for labels, delta in (({"category": "beta", "status": "200"}, 1), ({"category": "beta", "status": "422"}, 1)):
         assert metric_value(text, "inspect_requests_total", **labels) == \
             metric_value(before, "inspect_requests_total", **labels) + delta
@@ -265,7 +250,7 @@ def test_metrics_count_requests(client, images):
     assert metric_value(text, "inspect_model_loaded", category="alpha") == 1
     # An unknown category name never becomes a label of its own.
     client.post("/inspect/no-such-thing")
-    assert 'category="no-such-thing"' not in client.get("/metrics").text
+    assert "no-such-thing" not in label_values(client.get("/metrics").text, "category")
 
 
 def test_request_id_is_echoed(client):
