@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -14,6 +17,8 @@ from model.jobs.fit import fit
 from cli.synthetic import generate_category
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -77,3 +82,21 @@ def shared_category(*parts: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path} (expected ../shared/data beside the repo)")
     return path
+
+
+def wait_until(condition: Callable[[], T], what: str | Callable[[], str], timeout: float = 60.0,
+               interval: float = 0.05) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that.
+
+    Fails the test loudly (saying ``what`` was awaited) when it never holds within
+    ``timeout`` seconds. The timeout is a generous bound for a wedged test, never a
+    measurement: nothing asserts how long the wait took.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
+        time.sleep(interval)

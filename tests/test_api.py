@@ -8,8 +8,9 @@ import io
 import math
 import shutil
 import threading
-import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -23,7 +24,8 @@ from model.runtime.imageio import decode_image
 from model.runtime.inspector import Inspector
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, wait_until
+from tests.promtext import label_values, metric_value, sample_names
 
 LOOPBACK = ("127.0.0.1", 50000)
 
@@ -76,33 +78,58 @@ def decode_png_b64(text: str) -> np.ndarray:
     return arr
 
 
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """A sample's value from Prometheus text (0.0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        if "{" in key:
-            sample, _, rest = key.partition("{")
-            got = ",".join(sorted(rest.rstrip("}").split(",")))
-        else:
-            sample, got = key, ""
-        if sample == name and got == want:
-            return float(value)
-    return 0.0
+class Gate:
+    """Holds inspect calls (in the worker thread) until the test releases them.
+
+    ``entered`` is set when the first call arrives; ``blocked`` counts calls waiting now.
+    A call never released within ``timeout`` s raises (and sets ``timed_out``), so a test
+    that fails cannot leave the worker stuck.
+    """
+
+    def __init__(self, timeout: float = 120.0) -> None:
+        self.entered = threading.Event()
+        self._released = threading.Event()
+        self._lock = threading.Lock()
+        self.blocked = 0
+        self.timed_out = False
+        self.timeout = timeout
+
+    def wait(self) -> None:
+        with self._lock:
+            self.blocked += 1
+        self.entered.set()
+        try:
+            if not self._released.wait(self.timeout):
+                self.timed_out = True
+                raise RuntimeError(f"test gate not released within {self.timeout} s")
+        finally:
+            with self._lock:
+                self.blocked -= 1
+
+    def release(self) -> None:
+        self._released.set()
 
 
-def slow_down(client: TestClient, category: str, seconds: float) -> None:
-    """Make ``category``'s inspector take ``seconds`` longer per batch (runs in the worker thread)."""
+@contextmanager
+def gated(client: TestClient, category: str) -> Iterator[Gate]:
+    """Make ``category``'s inspect calls wait at a ``Gate`` (released at the latest on exit)."""
     inspector = client.app.state.registry.get(category).inspector
     original = inspector.inspect
+    gate = Gate()
 
-    def slow(images, threshold=None):
-        time.sleep(seconds)
+    def gated_inspect(images, threshold=None):
+        gate.wait()
         return original(images, threshold)
 
-    inspector.inspect = slow
+    inspector.inspect = gated_inspect
+    try:
+        yield gate
+    finally:
+        gate.release()
+
+
+def queue_depth(client: TestClient, category: str) -> float:
+    return metric_value(client.get("/metrics").text, "inspect_queue_depth", category=category)
 
 
 def post_file(client: TestClient, category: str, data: bytes, **params):
@@ -251,11 +278,12 @@ def test_metrics_count_requests(client, images):
     after = client.get("/metrics")
     assert after.headers["content-type"].startswith("text/plain")
     text = after.text
+    names = sample_names(text)
     for name in ("inspect_requests_total", "inspect_images_total", "inspect_request_duration_seconds_bucket",
                  "inspect_stage_duration_seconds_bucket", "inspect_batch_size_bucket", "inspect_in_flight",
                  "inspect_verdicts_total", "inspect_model_loaded", "inspect_gpu_memory_bytes",
                  "inspect_queue_depth"):
-        assert f"\n{name}" in text, name
+        assert name in names, name
     for labels, delta in (({"category": "beta", "status": "200"}, 1), ({"category": "beta", "status": "422"}, 1)):
         assert metric_value(text, "inspect_requests_total", **labels) == \
             metric_value(before, "inspect_requests_total", **labels) + delta
@@ -265,7 +293,7 @@ def test_metrics_count_requests(client, images):
     assert metric_value(text, "inspect_model_loaded", category="alpha") == 1
     # An unknown category name never becomes a label of its own.
     client.post("/inspect/no-such-thing")
-    assert 'category="no-such-thing"' not in client.get("/metrics").text
+    assert "no-such-thing" not in label_values(client.get("/metrics").text, "category")
 
 
 def test_request_id_is_echoed(client):
@@ -372,89 +400,104 @@ def test_no_key_needed_by_default(client, images):
 
 def test_concurrent_requests_are_batched(tiny_artifacts, images):
     data = images[0].read_bytes()
-    with make_client(tiny_artifacts, max_wait_ms=50, max_batch_size=8) as c:
-        slow_down(c, "alpha", 0.2)  # keeps the worker busy so that requests pile up
-        with ThreadPoolExecutor(6) as pool:
-            responses = list(pool.map(lambda _: post_file(c, "alpha", data, outputs="none"), range(6)))
-        assert all(r.status_code == 200 for r in responses)
+    with (make_client(tiny_artifacts, max_wait_ms=50, max_batch_size=8) as c, ThreadPoolExecutor(6) as pool,
+          gated(c, "alpha") as gate):
+        futures = [pool.submit(post_file, c, "alpha", data, outputs="none") for _ in range(6)]
+        # The first batch holds the worker until all six images are admitted: they pile up.
+        assert gate.entered.wait(60), "no batch reached inference"
+        wait_until(lambda: queue_depth(c, "alpha") == 6, lambda: f"6 images admitted (now {queue_depth(c, 'alpha')})")
+        gate.release()
+        responses = [f.result(timeout=60) for f in futures]
+        assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
         sizes = [r.json()["batch_size"] for r in responses]
         assert max(sizes) > 1, sizes
         scores = {round(r.json()["score"], 3) for r in responses}
         assert len(scores) == 1  # batching does not change a score
         text = c.get("/metrics").text
         batches = metric_value(text, "inspect_batch_size_count")
-        assert 1 <= batches < 6 + 1  # the warm-up is not counted; 6 images in fewer batches
+        # The warm-up is not counted; the held batch and at most one more with everything that piled up.
+        assert 1 <= batches <= 2, sizes
         assert metric_value(text, "inspect_batch_size_sum") >= 6
+        assert not gate.timed_out
 
 
 def test_overload_answers_503_with_retry_after(tiny_artifacts, images):
     data = images[0].read_bytes()
-    with make_client(tiny_artifacts, max_queue=1, retry_after_s=2) as c:
-        slow_down(c, "alpha", 1.0)
+    with (make_client(tiny_artifacts, max_queue=1, retry_after_s=2) as c, ThreadPoolExecutor(2) as pool,
+          gated(c, "alpha") as gate):
         batcher = c.app.state.registry.get("alpha").batcher
-        with ThreadPoolExecutor(1) as pool:
-            first = pool.submit(post_file, c, "alpha", data)
-            deadline = time.monotonic() + 5
-            while batcher.admitted == 0 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            started = time.monotonic()
-            r = post_file(c, "alpha", data)
-            assert time.monotonic() - started < 0.8
-            assert r.status_code == 503 and r.json()["code"] == "overloaded"
-            assert r.headers["Retry-After"] == "2"
-            assert first.result().status_code == 200
+        first = pool.submit(post_file, c, "alpha", data)
+        assert gate.entered.wait(60), "the first request never reached inference"
+        # Answered while the first request's batch is still held: it did not wait for room.
+        r = pool.submit(post_file, c, "alpha", data).result(timeout=60)
+        assert gate.blocked == 1 and not first.done()
+        assert r.status_code == 503 and r.json()["code"] == "overloaded"
+        assert r.headers["Retry-After"] == "2"
+        gate.release()
+        assert first.result(timeout=60).status_code == 200
+        assert not gate.timed_out
         assert batcher.admitted == 0
         assert post_file(c, "beta", data).status_code == 200  # other categories have their own queue
 
 
 def test_deadline_answers_504_and_leaks_nothing(tiny_artifacts, images):
     data = images[0].read_bytes()
-    with make_client(tiny_artifacts, request_timeout_s=0.3) as c:
-        slow_down(c, "alpha", 0.8)
+    # The deadline only has to outlast reading and decoding one small image: inference is held.
+    with make_client(tiny_artifacts, request_timeout_s=2.0) as c, gated(c, "alpha") as gate:
         r = post_file(c, "alpha", data)
         assert r.status_code == 504 and r.json()["code"] == "deadline_exceeded"
+        # Its batch is still held in inference, and nothing of the request is left counted.
+        assert gate.blocked == 1
         text = c.get("/metrics").text
         assert metric_value(text, "inspect_in_flight") == 0
         assert metric_value(text, "inspect_queue_depth", category="alpha") == 0
         assert metric_value(text, "inspect_requests_total", category="alpha", status="504") == 1
         assert c.app.state.registry.get("alpha").batcher.admitted == 0
+        gate.release()
+        assert post_file(c, "alpha", data, outputs="none").status_code == 200  # the worker goes on
+        assert not gate.timed_out
 
 
 def test_disconnected_client_frees_its_slot(tiny_artifacts, images):
     """A client that hangs up while its batch runs is answered 499 at once; nothing leaks."""
     data = images[0].read_bytes()
     sent: list[dict] = []
+    blocked_when_answered: list[int] = []
 
-    async def hang_up_during_inference(app) -> None:
-        messages = [{"type": "http.request", "body": data, "more_body": False}]
+    with make_client(tiny_artifacts) as c, gated(c, "alpha") as gate:
 
-        async def receive() -> dict:
-            if messages:
-                return messages.pop(0)
-            await asyncio.sleep(0.1)
-            return {"type": "http.disconnect"}
+        async def hang_up_during_inference(app) -> None:
+            messages = [{"type": "http.request", "body": data, "more_body": False}]
 
-        async def send(message: dict) -> None:
-            sent.append(message)
+            async def receive() -> dict:
+                if messages:
+                    return messages.pop(0)
+                await asyncio.to_thread(gate.entered.wait, 60)  # hang up once its batch is in inference
+                return {"type": "http.disconnect"}
 
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-            "path": "/inspect/alpha", "raw_path": b"/inspect/alpha", "query_string": b"", "root_path": "",
-            "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(data)).encode())],
-            "client": ("127.0.0.1", 1), "server": ("testserver", 80),
-        }
-        await app(scope, receive, send)
+            async def send(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    blocked_when_answered.append(gate.blocked)
+                sent.append(message)
 
-    with make_client(tiny_artifacts) as c:
-        slow_down(c, "alpha", 0.8)
-        started = time.monotonic()
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                "scheme": "http", "path": "/inspect/alpha", "raw_path": b"/inspect/alpha", "query_string": b"",
+                "root_path": "", "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+                "headers": [(b"content-type", b"image/png"), (b"content-length", str(len(data)).encode())],
+            }
+            await app(scope, receive, send)
+
         c.portal.call(hang_up_during_inference, c.app)
-        assert time.monotonic() - started < 0.6  # did not wait for the slow batch
         assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+        assert blocked_when_answered == [1]  # answered while its batch was held: did not wait for it
         text = c.get("/metrics").text
         assert metric_value(text, "inspect_in_flight") == 0
         assert metric_value(text, "inspect_queue_depth", category="alpha") == 0
         assert metric_value(text, "inspect_requests_total", category="alpha", status="499") == 1
+        assert gate.blocked == 1  # all of the above while the batch is still held
+        gate.release()
+        assert not gate.timed_out
 
 
 def test_non_finite_scores_never_reach_json(tiny_artifacts, images):
@@ -514,10 +557,8 @@ def test_threads_do_not_leak(tiny_artifacts):
     before = threading.active_count()
     with make_client(tiny_artifacts) as c:
         assert c.get("/readyz").status_code == 200
-    deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert threading.active_count() <= before
+    wait_until(lambda: threading.active_count() <= before,
+               lambda: f"threads back to {before} (now {threading.active_count()}: {threading.enumerate()})")
 
 
 def test_settings_come_from_the_environment(monkeypatch, tmp_path):

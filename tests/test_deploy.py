@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from cli.main import build_parser
 from service.settings import Settings
+from tests.promtext import label_names, sample_names
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
@@ -166,8 +167,7 @@ def metrics_text(tiny_artifacts, tiny_data) -> str:
 @pytest.fixture(scope="module")
 def exported_metrics(metrics_text) -> set[str]:
     """Every sample name on /metrics (with _bucket/_sum/_count suffixes)."""
-    text = metrics_text
-    names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
+    names = sample_names(metrics_text)
     assert "inspect_images_total" in names and "inspect_request_duration_seconds_bucket" in names
     return names
 
@@ -329,7 +329,7 @@ def test_dashboard_uses_only_exported_metrics(exported_metrics) -> None:
 
 def test_dashboard_labels_are_real(metrics_text) -> None:
     """Every label in a selector or a by (...) clause is one the metrics carry (or Prometheus' instance/job)."""
-    labels = {"instance", "job"} | set(re.findall(r"[{,](\w+)=\"", metrics_text))
+    labels = {"instance", "job"} | label_names(metrics_text)
     for expr in dashboard_exprs():
         used = set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)\s*\"", expr))
         for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):

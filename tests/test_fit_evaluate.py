@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from model.artifact.store import ArtifactError, list_categories, load_artifact
+from model.artifact.store import TEST_PAUSE_ENV, ArtifactError, list_categories, load_artifact
 from model.method.backbone import WeightsError, create_feature_extractor, map_by_position, timm_hub_state_dict
 from model.jobs.evaluate import evaluate
 from model.jobs.fit import fit
@@ -25,7 +24,7 @@ from model.runtime.inspector import Inspector
 from service.app import create_app
 from cli.main import main as cli_main
 from service.settings import Settings
-from tests.conftest import REPO, config_args, shared_category, tiny_config
+from tests.conftest import REPO, config_args, shared_category, tiny_config, wait_until
 
 
 def test_artifact_has_manifest_hashes_and_no_pickle(tiny_artifacts):
@@ -69,26 +68,58 @@ def test_refit_keeps_previous_artifact_until_the_new_one_is_complete(tiny_data, 
     assert not list(root.glob(".tmp-*"))
 
 
-def test_fit_killed_with_sigkill_leaves_previous_artifact_served(tiny_data, tmp_path):
+@pytest.mark.parametrize("point", ["before_rename", "before_swap"])
+def test_fit_killed_with_sigkill_in_the_publish_window_leaves_previous_artifact_served(tiny_data, tmp_path, point):
+    """SIGKILL a refit exactly inside the publish window (the store's test hook pauses the writer
+    there and says so with a marker file): the previous artifact stays published, loadable and
+    served; the half-published one is not."""
     root = tmp_path / "arts"
     first = fit(tiny_data, "cat", root, tiny_config())
+    first_dir = root / ".versions" / first.artifact_id
+    assert (root / "cat").resolve() == first_dir
+    marker = tmp_path / f"paused-{point}"
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "from tests.conftest import tiny_config; from model.jobs.fit import fit;"
-        "print('ready', flush=True);"
-        "fit(sys.argv[2], 'cat', sys.argv[3], tiny_config(seed=int(sys.argv[4])))"
+        "fit(sys.argv[2], 'cat', sys.argv[3], tiny_config(seed=10))"
     )
-    for i, delay in enumerate((0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.5)):
-        proc = subprocess.Popen([sys.executable, "-c", code, str(REPO), str(tiny_data), str(root), str(10 + i)],
-                                stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(delay)
+    env = {**os.environ, "PYTHONPATH": str(REPO), TEST_PAUSE_ENV: f"{point}:{marker}"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(REPO), str(tiny_data), str(root)], env=env)
+    try:
+        wait_until(lambda: marker.exists() or proc.poll() is not None, f"the refit to reach {point}", timeout=300)
+        assert proc.poll() is None, f"the refit exited with {proc.returncode} before reaching {point}"
+        # Where the kill lands: the new version is complete on disk and not yet published.
+        staged = list(root.glob(".tmp-cat-*"))
+        new_versions = [p for p in (root / ".versions").iterdir() if p != first_dir]
+        if point == "before_rename":
+            assert len(staged) == 1 and new_versions == []
+            written = staged[0]
+        else:
+            assert staged == [] and len(new_versions) == 1
+            written = new_versions[0]
+        new_id = json.loads((written / "manifest.json").read_text())["artifact_id"]
+        assert new_id != first.artifact_id
         proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
-        live = load_artifact(root / "cat")  # complete and hash-verified: the old one or a finished new one
-        assert live.path.parent.name == ".versions"
+    assert proc.returncode == -signal.SIGKILL
+
+    live = load_artifact(root / "cat")  # complete and hash-verified
+    assert live.artifact_id == first.artifact_id and live.path == first_dir
     assert list_categories(root) == ["cat"]
-    assert first.artifact_id  # the first fit was published before any kill
+    with TestClient(create_app(Settings(artifacts=root))) as client:
+        detail = client.get("/categories/cat").json()
+        assert detail["state"] == "ready" and detail["artifact_id"] == first.artifact_id
+        image = sorted((tiny_data / "test").rglob("*.png"))[0].read_bytes()
+        served = client.post("/inspect/cat", files={"file": ("x.png", image, "image/png")}, params={"outputs": "none"})
+        assert served.status_code == 200 and served.json()["artifact_id"] == first.artifact_id
+
+    # The next fit publishes over the leftovers and clears the never-published temporary folder.
+    again = fit(tiny_data, "cat", root, tiny_config(seed=10))
+    assert again.artifact_id == new_id and load_artifact(root / "cat").artifact_id == new_id
+    assert not list(root.glob(".tmp-cat-*"))
 
 
 def test_same_seed_gives_the_same_artifact(tiny_data, tmp_path):

@@ -10,6 +10,12 @@ published by atomically replacing the ``<category>`` symlink (``os.replace``). A
 or kill at any point leaves the previous artifact served. The manifest records the
 SHA-256 of every other file; loading refuses an artifact whose files do not match.
 No pickle anywhere. The manifest's schema is ``model.artifact.manifest``.
+
+Test hook (off unless set): ``FACTORY_INSPECT_TEST_PAUSE=<point>:<marker file>`` makes the
+writer create the marker file at ``point`` and then sleep (at most ``TEST_PAUSE_S``) so a
+test can SIGKILL it exactly there. Points: ``before_rename`` (files written and fsynced in
+the temporary folder, not yet in ``.versions``) and ``before_swap`` (renamed into
+``.versions``, the ``<category>`` symlink not yet replaced).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +42,8 @@ MANIFEST = "manifest.json"
 VERSIONS_DIR = ".versions"
 KEEP_VERSIONS = 2  # the live one and the one before it (rollback)
 CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TEST_PAUSE_ENV = "FACTORY_INSPECT_TEST_PAUSE"
+TEST_PAUSE_S = 120.0
 
 
 @dataclass
@@ -61,6 +70,14 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _test_pause(point: str) -> None:
+    """The test hook of the module docstring: a no-op unless ``FACTORY_INSPECT_TEST_PAUSE`` names ``point``."""
+    spec = os.environ.get(TEST_PAUSE_ENV)
+    if spec and spec.partition(":")[0] == point:
+        Path(spec.partition(":")[2]).touch()
+        time.sleep(TEST_PAUSE_S)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -102,6 +119,7 @@ def write_artifact(
         final = versions / full.artifact_id
         if final.exists():
             shutil.rmtree(final)
+        _test_pause("before_rename")
         os.rename(tmp, final)
         _fsync_dir(versions)
     except BaseException:
@@ -122,6 +140,7 @@ def _publish(root: Path, category: str, target: Path) -> None:
     if tmp_link.is_symlink():
         tmp_link.unlink()
     os.symlink(os.path.relpath(target, root), tmp_link)
+    _test_pause("before_swap")
     os.replace(tmp_link, link)
     _fsync_dir(root)
 
