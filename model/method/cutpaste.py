@@ -42,11 +42,32 @@ def color_jitter(patch: np.ndarray, rng: np.random.Generator, jitter: Jitter = J
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
-def _paste(image: np.ndarray, patch: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Paste ``patch [h, w, 3]`` where ``valid [h, w]`` at a random place; -> (image, mask [H, W])."""
+def _paste(
+    image: np.ndarray,
+    patch: np.ndarray,
+    valid: np.ndarray,
+    rng: np.random.Generator,
+    centres: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paste ``patch [h, w, 3]`` where ``valid [h, w]`` at a random place; -> (image, mask [H, W]).
+
+    The place is uniform over the image by default. With ``centres`` (bool ``[H, W]``, at
+    least one True) the patch is centred on one of its True pixels drawn at random, shifted
+    only as far as needed to stay inside the image. ``centres=None`` draws exactly what it
+    always drew, so PSG's random stream does not change.
+    """
     H, W = image.shape[:2]
     h, w = valid.shape
-    top, left = rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
+    if centres is None:
+        top, left = rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
+    else:
+        if centres.shape != (H, W):
+            raise ValueError(f"centres must be [{H}, {W}], got {list(centres.shape)}")
+        allowed = np.flatnonzero(centres)
+        if allowed.size == 0:
+            raise ValueError("centres has no True pixel")
+        cy, cx = divmod(int(allowed[rng.integers(allowed.size)]), W)
+        top, left = int(np.clip(cy - h // 2, 0, H - h)), int(np.clip(cx - w // 2, 0, W - w))
     out = image.copy()
     mask = np.zeros((H, W), bool)
     mask[top : top + h, left : left + w] = valid
@@ -68,16 +89,20 @@ def cutpaste(
     area_ratio: tuple[float, float] = (0.02, 0.15),
     aspect_ratio: float = 0.3,
     jitter: Jitter = Jitter(),
+    centres: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A rectangle of ``area_ratio`` of the image, aspect ratio log-uniform in
-    ``[aspect_ratio, 1 / aspect_ratio]``, jittered and pasted elsewhere. -> (image, mask)."""
+    ``[aspect_ratio, 1 / aspect_ratio]``, jittered and pasted elsewhere. -> (image, mask).
+
+    ``centres`` (bool ``[H, W]``, optional) restricts where the patch is centred (see
+    ``_paste``); the crop it is cut from stays uniform over the image."""
     H, W = image.shape[:2]
     area = rng.uniform(*area_ratio) * H * W
     aspect = np.exp(rng.uniform(np.log(aspect_ratio), -np.log(aspect_ratio)))
     h = int(np.clip(round(np.sqrt(area * aspect)), 1, H))
     w = int(np.clip(round(np.sqrt(area / aspect)), 1, W))
     patch = color_jitter(_cut(image, h, w, rng), rng, jitter)
-    return _paste(image, patch, np.ones((h, w), bool), rng)
+    return _paste(image, patch, np.ones((h, w), bool), rng, centres)
 
 
 def _rotate(patch: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
@@ -98,9 +123,12 @@ def cutpaste_scar(
     height: tuple[int, int] = (10, 25),
     rotation: float = 45.0,
     jitter: Jitter = Jitter(),
+    centres: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A thin strip (``width`` x ``height`` px at 256 px; scaled with the image), rotated by up to
-    ``±rotation`` degrees, jittered and pasted elsewhere. -> (image, mask)."""
+    ``±rotation`` degrees, jittered and pasted elsewhere. -> (image, mask).
+
+    ``centres`` (bool ``[H, W]``, optional) restricts where the strip is centred (see ``_paste``)."""
     H, W = image.shape[:2]
     scale = min(H, W) / 256
     w = max(1, round(rng.integers(width[0], width[1] + 1) * scale))
@@ -109,7 +137,7 @@ def cutpaste_scar(
     rotated, valid = _rotate(patch, rng.uniform(-rotation, rotation))
     if rotated.shape[0] > H or rotated.shape[1] > W:  # tiny images: skip the rotation
         rotated, valid = patch, np.ones(patch.shape[:2], bool)
-    return _paste(image, rotated, valid, rng)
+    return _paste(image, rotated, valid, rng, centres)
 
 
 def pseudo_views(image: np.ndarray, rng: np.random.Generator) -> list[tuple[np.ndarray, int, np.ndarray]]:
