@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import REPO
 
-TRAINING_MODULES = ("model.jobs", "model.method.psg", "model.method.cutpaste", "model.reporting.plots",
+TRAINING_MODULES = ("model.jobs", "model.method.psg", "model.method.cutpaste", "model.method.synthetic_defects",
+                    "model.method.nuisance", "model.reporting.plots",
                     "model.reporting.metrics", "cli")
 
 

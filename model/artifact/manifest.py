@@ -70,6 +70,7 @@ class FitRecord:
     seconds: dict[str, float]
     psg: dict[str, Any] | None = None  # PSG training report
     psg_selection: dict[str, Any] | None = None  # with psg.enabled="auto" and labelled defects
+    selection: dict[str, Any] | None = None  # the scoring choice: candidates' validation figures, rule, choice
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,13 @@ from model.artifact.manifest import (
 from model.artifact.store import artifact_size_bytes, validate_category, write_artifact
 from model.jobs.dataset import TestSample, file_sha256, fingerprint, list_images, read_mask
 from model.jobs.progress import ProgressFactory, silent_progress
-from model.jobs.variant import Variant, batches, fit_variant
+from model.jobs.selection import branches_needed, select_scoring
+from model.jobs.variant import Variant, batches, fit_parts, fit_variant
 from model.method.calibration import Thresholds, calibrate_on_good, calibrate_with_defects, score_statistics
 from model.method.config import AUTO, FitConfig
 from model.reporting import metrics
 from model.runtime.execution import Timer
+from model.runtime.imageio import read_image, resize_rgb
 from model.runtime.inspector import Inspector
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,7 @@ class FitReport:
     n_defects: int = 0
     psg: bool = False
     psg_selection: dict | None = None  # with psg.enabled="auto" and labelled defects
+    selection: dict | None = None  # the scoring choice (selection.select_scoring)
 
 
 @dataclass
@@ -133,20 +136,33 @@ def prefer_psg(without: dict[str, float | None], with_psg: dict[str, float | Non
     return float(np.mean(deltas)) > 0
 
 
-def fit_candidates(config: FitConfig, fit_files: Sequence[Path], validation: Validation, has_defects: bool,
-                   device: str, progress: ProgressFactory, watch: Timer) -> list[Candidate]:
-    """Every variant ``psg_variants`` asks for, scored on ``validation`` through its Inspector."""
+def fit_candidates(config: FitConfig, fit_files: Sequence[Path], validation: Validation,
+                   defects: Sequence[TestSample], device: str, progress: ProgressFactory,
+                   watch: Timer) -> tuple[list[Candidate], dict]:
+    """The scoring chosen by the self-checking fit (``selection.select_scoring``), then every PSG
+    variant ``psg_variants`` asks for with that scoring, each scored on ``validation`` through its
+    Inspector. Returns the candidates and the scoring selection record."""
+    psg_configs = psg_variants(config, bool(defects))
+    n_hold = len(validation.files) - len(defects)
+    parts = fit_parts(psg_configs[0], fit_files, device, progress, watch, *branches_needed(psg_configs[0], n_hold))
+    size = config.image_size
+    goods = [resize_rgb(read_image(str(f)), size) for f in validation.files[:n_hold]]
+    labelled = [resize_rgb(read_image(str(d.path)), size) for d in defects]
+    scoring, record = select_scoring(parts, psg_configs[0], goods, labelled,
+                                     validation.masks[n_hold:] if validation.masks is not None else None, device, watch)
+    variants = [parts.variant(scoring, watch)]
+    if len(psg_configs) == 2:
+        variants.append(fit_variant(scoring.with_overrides({"psg.enabled": True}), fit_files, device, progress, watch))
     candidates = []
-    for variant_config in psg_variants(config, has_defects):
-        variant = fit_variant(variant_config, fit_files, device, progress, watch)
+    for variant in variants:
         with watch.stage("calibrate"):
             scores, maps = inspect_files(variant.inspector(device), validation.files, progress, "calibrate")
-        block = metrics.metric_block(scores, validation.labels, maps, validation.masks) if has_defects else None
+        block = metrics.metric_block(scores, validation.labels, maps, validation.masks) if defects else None
         candidates.append(Candidate(variant, scores, maps, block))
-    return candidates
+    return candidates, record
 
 
-def choose(candidates: list[Candidate]) -> int:
+def choose_psg(candidates: list[Candidate]) -> int:
     """Index of the candidate to publish: with two (without and with PSG), ``prefer_psg`` decides."""
     return 1 if len(candidates) == 2 and prefer_psg(candidates[0].block, candidates[1].block) else 0
 
@@ -211,8 +227,8 @@ def fit(
     log.info("fitting %s on %d images, %d held out, %d labelled defects", category, len(fit_files),
              len(hold_files), len(defects))
     validation = validation_set(hold_files, defects, config.image_size)
-    candidates = fit_candidates(config, fit_files, validation, bool(defects), device, progress, watch)
-    chosen = choose(candidates)
+    candidates, selection = fit_candidates(config, fit_files, validation, defects, device, progress, watch)
+    chosen = choose_psg(candidates)
     best = candidates[chosen]
     with watch.stage("calibrate"):
         thresholds = calibrate(best, validation, config, bool(defects))
@@ -229,7 +245,7 @@ def fit(
         fit=FitRecord(device=device, n_patches=best.variant.n_patches, bank_size=best.variant.bank_size,
                       seconds={k: round(v / 1000, 3) for k, v in watch.ms.items()},
                       psg=best.variant.psg.to_dict() if best.variant.psg is not None else None,
-                      psg_selection=psg_selection(candidates, chosen)),
+                      psg_selection=psg_selection(candidates, chosen), selection=selection),
     )
     with watch.stage("write"):
         path = write_artifact(artifacts, category, manifest, best.variant.tensors())
@@ -252,4 +268,5 @@ def report(path: Path, manifest: Manifest, watch: Timer, n_defects: int) -> FitR
         n_defects=n_defects,
         psg=manifest.config.psg.enabled,
         psg_selection=manifest.fit.psg_selection,
+        selection=manifest.fit.selection,
     )

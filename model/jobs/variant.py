@@ -6,7 +6,7 @@ and gaussian. ``fit`` builds one variant per candidate configuration.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,18 +53,19 @@ def train_psg(
 
 @torch.inference_mode()
 def extract(
-    features: FeaturePath, files: Sequence[Path], config: FitConfig, mean, std, device, progress: ProgressFactory
+    features: FeaturePath, files: Sequence[Path], config: FitConfig, mean, std, device, progress: ProgressFactory,
+    nns: bool, gaussian: bool,
 ) -> tuple[torch.Tensor, GaussianAccumulator]:
-    """NNS patches ``[N*h*w, Cn]`` (on CPU) and the Gaussian moments of ``files``."""
+    """NNS patches ``[N*h*w, Cn]`` (on CPU, when ``nns``) and the Gaussian moments of ``files`` (when ``gaussian``)."""
     patches, acc = [], GaussianAccumulator(config.gaussian.shift_tolerance)
     bar = progress("features", len(files))
     for images in batches(files, config.batch_size):
         x = preprocess(images, config.image_size, mean, std).to(device)
-        nns, gauss = features(x)
-        if config.nns.enabled:
-            patches.append(flatten_patches(nns).cpu())
-        if config.gaussian.enabled:
-            acc.update(gauss)
+        nns_feats, gauss_feats = features(x)
+        if nns:
+            patches.append(flatten_patches(nns_feats).cpu())
+        if gaussian:
+            acc.update(gauss_feats)
         bar.update(len(images))
     bar.close()
     return (torch.cat(patches) if patches else torch.empty(0)), acc
@@ -115,10 +116,39 @@ class Variant:
         return tensors
 
 
-def fit_variant(
-    config: FitConfig, files: Sequence[Path], device: str, progress: ProgressFactory, watch: Timer
-) -> Variant:
-    """Feature path (PSG-trained when configured), memory bank and Gaussians from the good ``files``."""
+@dataclass
+class Parts:
+    """One extraction of the training images: the feature path, the memory bank and the Gaussian
+    moments, from which every candidate scoring's ``Variant`` is assembled without new features."""
+
+    config: FitConfig
+    features: FeaturePath
+    mean: list[float]
+    std: list[float]
+    n_patches: int
+    bank: MemoryBank | None
+    moments: GaussianAccumulator | None
+    psg: PSGReport | None
+    gaussians: dict[int, GaussianModel] = field(default_factory=dict)  # by shift tolerance
+
+    def gaussian(self, shift_tolerance: int, watch: Timer) -> GaussianModel:
+        if shift_tolerance not in self.gaussians:
+            with watch.stage("gaussian"):
+                self.gaussians[shift_tolerance] = GaussianModel(
+                    *self.moments.finalize(self.config.gaussian.reg, shift_tolerance))
+        return self.gaussians[shift_tolerance]
+
+    def variant(self, config: FitConfig, watch: Timer) -> Variant:
+        """The fitted ``config`` (this config with other branch switches or shift tolerance)."""
+        gaussian = self.gaussian(config.gaussian.shift_tolerance, watch) if config.gaussian.enabled else None
+        return Variant(config, self.features, self.bank if config.nns.enabled else None, gaussian,
+                       self.mean, self.std, self.n_patches, self.psg)
+
+
+def fit_parts(config: FitConfig, files: Sequence[Path], device: str, progress: ProgressFactory, watch: Timer,
+              nns: bool, gaussian: bool) -> Parts:
+    """Feature path (PSG-trained when configured), memory bank (when ``nns``) and Gaussian moments
+    (when ``gaussian``) from the good ``files``."""
     with watch.stage("backbone"):
         features, mean, std = build_feature_path(config)
         features = features.eval().to(device)
@@ -127,13 +157,17 @@ def fit_variant(
         with watch.stage("psg"):
             psg = train_psg(features, files, config, mean, std, device, progress)
     with watch.stage("features"):
-        patches, acc = extract(features, files, config, mean, std, device, progress)
+        patches, acc = extract(features, files, config, mean, std, device, progress, nns, gaussian)
     bank = None
-    if config.nns.enabled:
+    if nns:
         with watch.stage("coreset"):
             bank = build_memory_bank(patches, config, progress)
-    gaussian = None
-    if config.gaussian.enabled:
-        with watch.stage("gaussian"):
-            gaussian = GaussianModel(*acc.finalize(config.gaussian.reg))
-    return Variant(config, features, bank, gaussian, mean, std, int(patches.shape[0]), psg)
+    return Parts(config, features, mean, std, int(patches.shape[0]), bank, acc if gaussian else None, psg)
+
+
+def fit_variant(
+    config: FitConfig, files: Sequence[Path], device: str, progress: ProgressFactory, watch: Timer
+) -> Variant:
+    """Feature path (PSG-trained when configured), memory bank and Gaussians from the good ``files``."""
+    parts = fit_parts(config, files, device, progress, watch, config.nns.enabled, config.gaussian.enabled)
+    return parts.variant(config, watch)

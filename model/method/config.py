@@ -13,6 +13,18 @@ from typing import Any
 
 
 AUTO = "auto"
+FIXED = "config"  # scoring: the branch switches exactly as configured
+SCORING_KEYS = frozenset({"nns.enabled", "gaussian.enabled", "gaussian.shift_tolerance"})
+
+# The scorings the self-checking fit chooses from (``scoring="auto"``), as config overrides.
+# All of them are built from one feature extraction of the training images.
+SCORING_CANDIDATES: dict[str, dict[str, Any]] = {
+    "product": {"nns.enabled": True, "gaussian.enabled": True, "gaussian.shift_tolerance": 0},  # the paper's AMC
+    "nns": {"nns.enabled": True, "gaussian.enabled": False},
+    "gaussian": {"nns.enabled": False, "gaussian.enabled": True, "gaussian.shift_tolerance": 0},
+    "product_shift2": {"nns.enabled": True, "gaussian.enabled": True, "gaussian.shift_tolerance": 2},
+    "product_shift5": {"nns.enabled": True, "gaussian.enabled": True, "gaussian.shift_tolerance": 5},
+}
 
 
 @dataclass
@@ -127,10 +139,31 @@ class CalibrationConfig:
 
 
 @dataclass
+class SelectionConfig:
+    """The self-checking fit (``scoring="auto"``): validation sizes and the choice rule's margins.
+
+    ``candidates`` are names of ``model.method.scoring.CANDIDATES``, simplest first: a tie
+    goes to the earlier one. See ``model/jobs/selection.py`` for the rule.
+    """
+
+    candidates: tuple[str, ...] = ("product", "nns", "gaussian", "product_shift2", "product_shift5")
+    max_images: int = 32  # held-out goods that get synthetic defects and nuisance copies
+    defects_per_image: int = 2
+    nuisances_per_image: int = 2
+    far_margin: float = 0.05  # robust: nuisance false-alarm rate within this of the best (or of the target)
+    tie_margin: float = 0.005  # sensitivities this close count as equal
+    weak_sensitivity: float = 0.8  # below this the fit warns that the chosen scoring validates weakly
+    min_holdout: int = 8  # fewer held-out goods: no choice, the default candidate, recorded as a fallback
+
+
+@dataclass
 class FitConfig:
     image_size: int = 256
     batch_size: int = 16
     seed: int = 0
+    # "auto": the fit validates every candidate of ``selection`` and keeps the best (model/jobs/selection.py);
+    # a candidate name forces it; "config": the branch switches exactly as set below.
+    scoring: str = "auto"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     nns: NNSConfig = field(default_factory=NNSConfig)
     gaussian: GaussianConfig = field(default_factory=GaussianConfig)
@@ -138,6 +171,7 @@ class FitConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
 
     def __post_init__(self) -> None:
         if not (self.nns.enabled or self.gaussian.enabled):
@@ -146,11 +180,21 @@ class FitConfig:
             raise ValueError("image_size must be a multiple of 32")
         if self.fusion.enabled and not self.gaussian.enabled:
             raise ValueError("fusion (LGFFP) feeds the Gaussian branch: enable gaussian too")
+        if self.scoring not in (AUTO, FIXED, *SCORING_CANDIDATES):
+            raise ValueError(f"scoring must be {AUTO!r}, {FIXED!r} or one of {sorted(SCORING_CANDIDATES)}, "
+                             f"got {self.scoring!r}")
+        unknown = set(self.selection.candidates) - set(SCORING_CANDIDATES)
+        if unknown or not self.selection.candidates:
+            raise ValueError(f"selection.candidates must name scoring candidates, not {sorted(unknown)}")
         if not (isinstance(self.psg.enabled, bool) or self.psg.enabled == AUTO):
             raise ValueError(f"psg.enabled must be true, false or {AUTO!r}, got {self.psg.enabled!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def with_scoring(self, name: str) -> FitConfig:
+        """This config with the scoring candidate ``name`` applied (and recorded as ``scoring``)."""
+        return self.with_overrides({**SCORING_CANDIDATES[name], "scoring": name})
 
     def blocks(self) -> dict[str, bool]:
         """The method's switchable blocks and whether each is on (``"auto"`` counts as on)."""
@@ -171,8 +215,14 @@ class FitConfig:
         return cls(**kwargs)
 
     def with_overrides(self, overrides: dict[str, Any]) -> FitConfig:
-        """A copy with dotted-key overrides applied, e.g. ``{"nns.enabled": False}``."""
+        """A copy with dotted-key overrides applied, e.g. ``{"nns.enabled": False}``.
+
+        Setting a scoring switch (``SCORING_KEYS``) without ``scoring`` means that scoring,
+        exactly: ``scoring`` becomes ``"config"``.
+        """
         data = self.to_dict()
+        if SCORING_KEYS & overrides.keys() and "scoring" not in overrides:
+            data["scoring"] = FIXED
         for dotted, value in overrides.items():
             *path, leaf = dotted.split(".")
             node = data
@@ -194,16 +244,18 @@ _SECTION_TYPES = {
     "fusion": FusionConfig,
     "postprocess": PostprocessConfig,
     "calibration": CalibrationConfig,
+    "selection": SelectionConfig,
 }
 
 # The paper's ablation ladder, as overrides of the default config.
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "nns": {"gaussian.enabled": False, "psg.enabled": False},
-    "gaussian": {"nns.enabled": False, "psg.enabled": False},
-    "nns_x_gaussian": {"psg.enabled": False},
-    "psg": {"psg.enabled": True},
-    "lgffp": {"psg.enabled": False, "fusion.enabled": True, "fusion.grid_layer": 2},
-    "psg_lgffp": {"psg.enabled": True, "fusion.enabled": True, "fusion.grid_layer": 2},
-    # The default: PSG chosen per category from labelled defects (NNS x Gaussian without).
+    "nns": {"scoring": FIXED, "gaussian.enabled": False, "psg.enabled": False},
+    "gaussian": {"scoring": FIXED, "nns.enabled": False, "psg.enabled": False},
+    "nns_x_gaussian": {"scoring": FIXED, "psg.enabled": False},
+    "psg": {"scoring": FIXED, "psg.enabled": True},
+    "lgffp": {"scoring": FIXED, "psg.enabled": False, "fusion.enabled": True, "fusion.grid_layer": 2},
+    "psg_lgffp": {"scoring": FIXED, "psg.enabled": True, "fusion.enabled": True, "fusion.grid_layer": 2},
+    # The default: the scoring chosen per category by the self-checking fit, and PSG chosen
+    # from labelled defects when there are some.
     "auto": {},
 }

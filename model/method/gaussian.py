@@ -40,15 +40,20 @@ class GaussianAccumulator:
         self.outer += x.transpose(1, 2) @ x
         self.n += x.shape[1]
 
-    def finalize(self, reg: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean ``[P, D]`` and inverse of (unbiased covariance + ``reg`` I) ``[P, D, D]``, float32."""
+    def finalize(self, reg: float, shift_tolerance: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``[P, D]`` and inverse of (unbiased covariance + ``reg`` I) ``[P, D, D]``, float32.
+
+        ``shift_tolerance`` overrides the accumulator's own: one pass over the images serves
+        every tolerance.
+        """
         if self.n < 2 or self.sum is None or self.outer is None or self.grid is None:
             raise ValueError("the Gaussian needs at least 2 training images")
+        r = self.shift_tolerance if shift_tolerance is None else shift_tolerance
         total, outer, n = self.sum, self.outer, self.n
-        if self.shift_tolerance > 0:
-            total = neighbourhood_sum(total, self.grid, self.shift_tolerance)
-            outer = neighbourhood_sum(outer.flatten(1), self.grid, self.shift_tolerance).view_as(outer)
-            n *= (2 * self.shift_tolerance + 1) ** 2
+        if r > 0:
+            total = neighbourhood_sum(total, self.grid, r)
+            outer = neighbourhood_sum(outer.flatten(1), self.grid, r).view_as(outer)
+            n *= (2 * r + 1) ** 2
         mean = total / n
         cov = (outer - n * mean.unsqueeze(2) * mean.unsqueeze(1)) / (n - 1)
         cov += reg * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)

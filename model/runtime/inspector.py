@@ -48,6 +48,12 @@ class Branches:
     def named(self) -> list[tuple[str, nn.Module]]:
         return [(n, m) for n, m in (("nns", self.nns), ("gaussian", self.gaussian)) if m is not None]
 
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, dict[str, torch.Tensor]]) -> Branches:
+        """The branches an artifact's tensors hold (``memory_bank``, ``gaussian``)."""
+        return cls(nns=MemoryBank(tensors["memory_bank"]["bank"]) if "memory_bank" in tensors else None,
+                   gaussian=GaussianModel.from_tensors(tensors["gaussian"]) if "gaussian" in tensors else None)
+
 
 def normalization(backbone: nn.Module) -> tuple[list[float], list[float]]:
     """Input mean and std the backbone's pretrained weights expect."""
@@ -121,15 +127,9 @@ class Inspector:
         check_runtime(runtime)
         artifact = path if isinstance(path, Artifact) else load_artifact(path)
         m = artifact.manifest
-        config = m.config
-        t = artifact.tensors
-        features = feature_path_from_tensors(config, t)
-        branches = Branches(
-            nns=MemoryBank(t["memory_bank"]["bank"]) if "memory_bank" in t else None,
-            gaussian=GaussianModel.from_tensors(t["gaussian"]) if "gaussian" in t else None,
-        )
-        return cls(config, features, branches, m.calibration.thresholds, m.normalization.mean, m.normalization.std,
-                   device, m, runtime=runtime)
+        features = feature_path_from_tensors(m.config, artifact.tensors)
+        return cls(m.config, features, Branches.from_tensors(artifact.tensors), m.calibration.thresholds,
+                   m.normalization.mean, m.normalization.std, device, m, runtime=runtime)
 
     @property
     def artifact_id(self) -> str:
@@ -153,12 +153,25 @@ class Inspector:
                     stage: Callable[[str], AbstractContextManager] = no_stage) -> torch.Tensor:
         """Model input ``[B, 3, S, S]`` on the device -> final maps ``[B, S, S]``; no host sync but ``stage``'s."""
         with stage("features"):
-            nns_feats, gauss_feats = (f.float() for f in self.features(x))
-        inputs = {"nns": nns_feats, "gaussian": gauss_feats}
+            inputs = self.branch_inputs(x)
+        return self.combine(inputs, stage)
+
+    def branch_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model input ``[B, 3, S, S]`` on the device -> each branch's float32 features ``[B, C, h, w]``."""
+        nns_feats, gauss_feats = (f.float() for f in self.features(x))
+        return {"nns": nns_feats, "gaussian": gauss_feats}
+
+    def combine(self, inputs: dict[str, torch.Tensor], stage: Callable[[str], AbstractContextManager] = no_stage,
+                cache: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Branch features -> final maps ``[B, S, S]``. ``cache`` shares branch maps between
+        inspectors built on the same features and branch modules (the fit's candidates)."""
+        cache = {} if cache is None else cache
         branch_maps = []
         for name, module in self.branches.named():
             with stage(name):
-                branch_maps.append(module(inputs[name]))
+                if id(module) not in cache:
+                    cache[id(module)] = module(inputs[name])
+                branch_maps.append(cache[id(module)])
         with stage("amc"):
             return self.combiner(branch_maps)
 

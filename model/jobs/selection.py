@@ -1,0 +1,218 @@
+"""The self-checking fit: validate every scoring candidate without labels, and choose one.
+
+No fixed scoring is right for every part (a per-position Gaussian breaks on unfixtured parts
+and noisy backgrounds; NNS alone localises less on aligned ones), so the fit measures each
+candidate of ``selection.candidates`` (``SCORING_CANDIDATES``: config overrides, all built
+from one feature extraction) on images made from the held-out goods, which the bank and the
+Gaussians never saw:
+
+* **goods**: the held-out goods; each candidate's image threshold comes from them exactly as
+  calibration sets it (``far_threshold`` at the target false-alarm rate);
+* **sensitivity**: synthetic defects with exact masks on up to ``max_images`` of them
+  (``model.method.synthetic_defects``: CutPaste, Scar, Perlin-shaped foreign texture and
+  blurred / brightness-shifted patches, small to large), plus the labelled defects when the
+  fit has some. Sensitivity is the mean of image AUROC, pixel AUROC and AU-PRO on the goods
+  plus these defects; with labelled defects it is (synthetic + 2 x labelled) / 3;
+* **robustness**: nuisance copies of the same goods (``model.method.nuisance``: brightness,
+  contrast, gamma, noise, blur, shift, rotation, scale). The nuisance false-alarm rate is the
+  fraction of them above the candidate's threshold: how far its good scores move under the
+  benign changes a line sees between fit and use.
+
+The rule (``choose``): the robust candidates are those whose nuisance false-alarm rate is at
+most ``max(target, lowest) + far_margin``; among them the highest sensitivity wins, and a
+candidate within ``tie_margin`` of it that comes earlier in ``selection.candidates`` (simpler
+first) is preferred.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model.method.amc import image_scores
+from model.method.calibration import far_threshold
+from model.jobs.variant import Parts
+from model.method.config import AUTO, FIXED, FitConfig
+from model.method.nuisance import nuisance_suite
+from model.method.synthetic_defects import defect_suite
+from model.reporting import metrics
+from model.runtime.execution import Timer, to_host
+from model.runtime.inspector import Inspector
+
+log = logging.getLogger(__name__)
+
+RULE = ("robust: nuisance false-alarm rate <= max(target, lowest) + far_margin; "
+        "then the highest sensitivity (mean of image AUROC, pixel AUROC, AU-PRO on goods + defects); "
+        "within tie_margin, the earlier candidate")
+
+
+@dataclass
+class ValidationImages:
+    """Images made from the held-out goods, at the model input size ``[S, S, 3]`` (RGB uint8)."""
+
+    goods: list[np.ndarray]
+    defects: list[np.ndarray]  # synthetic
+    defect_masks: np.ndarray  # [Nd, S, S] bool
+    nuisance: list[np.ndarray]
+    nuisance_kinds: list[str]
+    labelled: list[np.ndarray] = field(default_factory=list)  # real defects from fit --defects
+    labelled_masks: np.ndarray | None = None  # [Nl, S, S] bool, when every one has a mask
+
+    @property
+    def all(self) -> list[np.ndarray]:
+        return [*self.goods, *self.defects, *self.nuisance, *self.labelled]
+
+
+def validation_images(goods: Sequence[np.ndarray], config: FitConfig, labelled: Sequence[np.ndarray] = (),
+                      labelled_masks: np.ndarray | None = None) -> ValidationImages:
+    """Synthetic defects and nuisance copies of (up to ``selection.max_images``) ``goods``, seeded."""
+    sel = config.selection
+    rng = np.random.default_rng(config.seed + 1)
+    sources = list(goods[: sel.max_images])
+    made = defect_suite(sources, rng, sel.defects_per_image)
+    nuisance = nuisance_suite(sources, rng, sel.nuisances_per_image)
+    return ValidationImages(
+        goods=list(goods),
+        defects=[image for _, image, _, _ in made],
+        defect_masks=np.stack([mask for _, _, mask, _ in made]),
+        nuisance=[image for _, image, _ in nuisance],
+        nuisance_kinds=[kind for _, _, kind in nuisance],
+        labelled=list(labelled),
+        labelled_masks=labelled_masks,
+    )
+
+
+@torch.inference_mode()
+def score_candidates(inspectors: dict[str, Inspector], images: Sequence[np.ndarray],
+                     batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Image scores ``[N]`` and final maps ``[N, S, S]`` of ``images`` for every candidate.
+
+    The candidates share one feature path: each batch is preprocessed and run through it once
+    (the first inspector's own preprocessing), and branch maps are shared between candidates
+    that share a branch module.
+    """
+    first = next(iter(inspectors.values()))
+    out: dict[str, tuple[list, list]] = {name: ([], []) for name in inspectors}
+    for start in range(0, len(images), batch_size):
+        x = first.preprocess(images[start : start + batch_size]).to(first.device)
+        inputs, cache = first.branch_inputs(x), {}
+        for name, inspector in inspectors.items():
+            final = inspector.combine(inputs, cache=cache)
+            out[name][0].append(to_host(image_scores(final)).astype(np.float64))
+            out[name][1].append(to_host(final))
+    return {name: (np.concatenate(s), np.concatenate(m)) for name, (s, m) in out.items()}
+
+
+def figures(scores: np.ndarray, maps: np.ndarray, images: ValidationImages, config: FitConfig) -> dict:
+    """One candidate's validation figures from its scores and maps of ``images.all`` (in order)."""
+    n_good, n_def, n_nui = len(images.goods), len(images.defects), len(images.nuisance)
+    size = maps.shape[-1]
+    good, defect = slice(0, n_good), slice(n_good, n_good + n_def)
+    nuisance, labelled = slice(n_good + n_def, n_good + n_def + n_nui), slice(n_good + n_def + n_nui, None)
+    threshold = far_threshold(scores[good], config.calibration.image_false_alarm_rate)
+    no_defect = np.zeros((n_good, size, size), bool)
+    synthetic = metrics.metric_block(np.r_[scores[good], scores[defect]], np.r_[np.zeros(n_good), np.ones(n_def)],
+                                     np.concatenate([maps[good], maps[defect]]),
+                                     np.concatenate([no_defect, images.defect_masks]))
+    flagged = scores[nuisance] > threshold
+    by_kind = {k: float(np.mean(flagged[[i for i, kk in enumerate(images.nuisance_kinds) if kk == k]]))
+               for k in dict.fromkeys(images.nuisance_kinds)}
+    row = {**synthetic, "sensitivity": _mean(synthetic), "threshold": threshold,
+           "nuisance_far": float(np.mean(flagged)), "nuisance_far_by_kind": by_kind}
+    if images.labelled:
+        n_lab = len(images.labelled)
+        masks = (np.concatenate([no_defect, images.labelled_masks]) if images.labelled_masks is not None else None)
+        real = metrics.metric_block(np.r_[scores[good], scores[labelled]], np.r_[np.zeros(n_good), np.ones(n_lab)],
+                                    np.concatenate([maps[good], maps[labelled]]), masks)
+        row["labelled"] = real
+        row["sensitivity"] = (row["sensitivity"] + 2 * _mean(real)) / 3
+    return row
+
+
+def _mean(block: dict[str, float | None]) -> float:
+    values = [v for v in block.values() if v is not None]
+    return float(np.mean(values)) if values else 0.0
+
+
+def choose(table: dict[str, dict], config: FitConfig) -> str:
+    """The candidate to publish from the validation ``table`` (name -> figures), by ``RULE``."""
+    sel = config.selection
+    lowest = min(row["nuisance_far"] for row in table.values())
+    limit = max(config.calibration.image_false_alarm_rate, lowest) + sel.far_margin
+    robust = [name for name, row in table.items() if row["nuisance_far"] <= limit]
+    best = max(table[name]["sensitivity"] for name in robust)
+    return next(name for name in robust if table[name]["sensitivity"] >= best - sel.tie_margin)
+
+
+def warning(row: dict, name: str, config: FitConfig) -> str | None:
+    """What to try when even the chosen candidate validates weakly (None when it does not)."""
+    sel = config.selection
+    weak = row["sensitivity"] < sel.weak_sensitivity
+    fragile = row["nuisance_far"] > config.calibration.image_false_alarm_rate + sel.far_margin
+    if not (weak or fragile):
+        return None
+    what = []
+    if weak:
+        what.append(f"finds synthetic defects weakly (sensitivity {row['sensitivity']:.3f})")
+    if fragile:
+        what.append(f"flags {row['nuisance_far']:.0%} of good parts under small lighting or position changes")
+    return (f"the chosen scoring {name!r} {' and '.join(what)}: try more good images, fixture the parts, "
+            "steadier lighting, or a higher image_size")
+
+
+def resolve(config: FitConfig, n_holdout: int) -> tuple[list[str], dict]:
+    """The candidates to validate (several only for ``scoring="auto"``) and the start of the record."""
+    if config.scoring == FIXED:
+        return [], {"mode": "config", "chosen": None}
+    if config.scoring != AUTO:
+        return [config.scoring], {"mode": "forced", "chosen": config.scoring}
+    names = [n for n in config.selection.candidates if _valid(config, n)]
+    if n_holdout < config.selection.min_holdout:
+        reason = (f"{n_holdout} held-out good images are too few to validate the scorings "
+                  f"(need {config.selection.min_holdout}): kept {names[0]!r}; add good images to choose")
+        return names[:1], {"mode": "fallback", "chosen": names[0], "fallback": reason}
+    return names, {"mode": "auto", "chosen": None, "rule": RULE}
+
+
+def branches_needed(config: FitConfig, n_holdout: int) -> tuple[bool, bool]:
+    """Whether the candidates to validate need the memory bank and the Gaussian moments."""
+    names, _ = resolve(config, n_holdout)
+    configs = [config.with_scoring(n) for n in names] or [config]
+    return any(c.nns.enabled for c in configs), any(c.gaussian.enabled for c in configs)
+
+
+def _valid(config: FitConfig, name: str) -> bool:
+    try:
+        config.with_scoring(name)
+    except ValueError:  # e.g. NNS alone with LGFFP fusion, which feeds the Gaussian
+        return False
+    return True
+
+
+def select_scoring(parts: Parts, config: FitConfig, goods: Sequence[np.ndarray], labelled: Sequence[np.ndarray],
+                   labelled_masks: np.ndarray | None, device: str, watch: Timer) -> tuple[FitConfig, dict]:
+    """The config to publish and the manifest's ``fit.selection`` record.
+
+    ``goods`` are the held-out goods and ``labelled`` the labelled defects, both ``[S, S, 3]``.
+    """
+    names, record = resolve(config, len(goods))
+    if len(names) <= 1:
+        record["chosen"] = names[0] if names else None
+        return (config.with_scoring(names[0]) if names else config), record
+    inspectors = {n: parts.variant(config.with_scoring(n), watch).inspector(device) for n in names}
+    with watch.stage("validate"):
+        images = validation_images(goods, config, labelled, labelled_masks)
+        scored = score_candidates(inspectors, images.all, config.batch_size)
+        table = {n: figures(*scored[n], images, config) for n in names}
+    chosen = choose(table, config)
+    record.update(chosen=chosen, candidates=table, warning=warning(table[chosen], chosen, config),
+                  n_images={"goods": len(images.goods), "defects": len(images.defects),
+                            "nuisance": len(images.nuisance), "labelled": len(images.labelled)})
+    log.info("scoring %s chosen of %s", chosen, names)
+    if record["warning"]:
+        log.warning("%s", record["warning"])
+    return config.with_scoring(chosen), record
