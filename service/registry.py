@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -53,14 +52,6 @@ class Category:
     @property
     def artifact_id(self) -> str | None:
         return self.inspector.artifact_id if self.inspector is not None else None
-
-
-@dataclass
-class ReloadOutcome:
-    category: str
-    artifact_id: str
-    previous_artifact_id: str | None
-    seconds: float
 
 
 class Registry:
@@ -156,22 +147,24 @@ class Registry:
 
     # -- reload policy ----------------------------------------------------------------------
 
-    async def reload(self, name: str) -> ReloadOutcome:
-        """Reload one category from ``<root>/<name>``; a new published category is added."""
+    async def reload(self, name: str) -> tuple[str | None, str]:
+        """Reload one category from ``<root>/<name>``; a new published category is added.
+
+        Returns the previous artifact id (``None`` for a new category) and the new one.
+        """
         category = self._categories.get(name)
         if category is None:
             if not await asyncio.to_thread((self.root / name).is_dir):
                 raise ReloadError(404, "unknown_category", f"no category {name!r}")
             category = self._add(name)
         previous = category.artifact_id
-        started = time.perf_counter()
         inspector = await self._load_into(category)
         if inspector is None:
             self.metrics.reloads.labels(category=name, result="failed").inc()
             still = f"; still serving {previous}" if category.inspector is not None else ""
             raise ReloadError(409, "reload_failed", f"reload of {name} failed: {category.error}{still}")
         self.metrics.reloads.labels(category=name, result="ok").inc()
-        return ReloadOutcome(name, inspector.artifact_id, previous, time.perf_counter() - started)
+        return previous, inspector.artifact_id
 
     async def reload_all(self) -> None:
         """Reload every category whose published artifact changed, and add newly published
