@@ -80,7 +80,8 @@ class ArtifactLoader:
         if not isinstance(exc, ArtifactError):
             return f"artifact could not be loaded ({type(exc).__name__})"
         message = str(exc)
-        for prefix in {str(self.root.resolve()), str(self.root)}:
+        # Longest first: a relative root ("artifacts") is a suffix of the resolved one.
+        for prefix in sorted({str(self.root.resolve()), str(self.root)}, key=len, reverse=True):
             message = message.replace(prefix + "/", "").replace(prefix, "")
         return message
 
