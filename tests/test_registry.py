@@ -21,6 +21,8 @@ from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.anyio
 
+TIMEOUT = 120.0  # generous bound on a test's body (fits included); reached only when something hangs
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -35,10 +37,12 @@ def root(tiny_artifacts, tmp_path) -> Path:
 
 @asynccontextmanager
 async def started(root: Path, **settings) -> AsyncIterator[Registry]:
+    """A started registry, for at most ``TIMEOUT`` (a hang fails the test), closed afterwards."""
     registry = Registry(Settings(artifacts=root, **settings), Metrics())
     await registry.start()
     try:
-        yield registry
+        async with asyncio.timeout(TIMEOUT):
+            yield registry
     finally:
         await registry.close()
 
