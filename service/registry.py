@@ -3,28 +3,24 @@
 A category is ``loading``, ``ready`` (an inspector serves it) or ``failed`` (its
 artifact could not be loaded; it answers 503 while the others keep serving). A
 reload loads and warms the artifact now published at ``<root>/<category>`` off the
-event loop, then swaps the inspector in one assignment: the batch that is running
-finishes on the old one, the next batch uses the new one. A failed reload leaves
-the old inspector serving.
+event loop (``service.loading``), then swaps the inspector in one assignment: the
+batch that is running finishes on the old one, the next batch uses the new one. A
+failed reload leaves the old inspector serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
-from model.serving import ArtifactError, Inspector, list_categories, read_manifest, validate_category
+from model.serving import ArtifactError, Inspector, list_categories, read_manifest
 from service.batching import Batcher
+from service.loading import ArtifactLoader
 from service.metrics import UNKNOWN_CATEGORY, Metrics
 from service.settings import Settings
 
@@ -58,14 +54,6 @@ class Category:
         return self.inspector.artifact_id if self.inspector is not None else None
 
 
-@dataclass
-class ReloadOutcome:
-    category: str
-    artifact_id: str
-    previous_artifact_id: str | None
-    seconds: float
-
-
 class Registry:
     """Every category under ``settings.artifacts``, their inspectors and batchers."""
 
@@ -74,6 +62,7 @@ class Registry:
         self.root = Path(settings.artifacts)
         self.metrics = metrics
         self.loading_finished = False
+        self._loader = ArtifactLoader(settings)
         self._categories: dict[str, Category] = {}
         self._executor: ThreadPoolExecutor | None = None
 
@@ -134,17 +123,13 @@ class Registry:
         self.metrics.model_loaded.labels(category=name).set(0)
         return category
 
-    # -- loading and reloading --------------------------------------------------------------
-
     async def _load_into(self, category: Category) -> Inspector | None:
-        """Load, verify and warm ``<root>/<name>``; swap it in on success, record the error otherwise."""
+        """Load ``<root>/<name>``; swap it in on success, record the error otherwise."""
         async with category.lock:
             try:
-                inspector = await asyncio.to_thread(self._load_inspector, category.name)
-                if self.settings.device == "cuda":
-                    await self._warm_up_on_inference_threads(inspector, category.name)
+                inspector = await self._loader.load(category.name, self._executor)
             except Exception as exc:
-                category.error = self.public_error(exc)
+                category.error = self._loader.public_error(exc)
                 log.error("category %s: artifact not loaded: %s", category.name, exc,
                           exc_info=not isinstance(exc, ArtifactError))
                 if category.inspector is None:
@@ -160,68 +145,26 @@ class Registry:
                      previous.artifact_id if previous else None)
             return inspector
 
-    def _load_inspector(self, name: str) -> Inspector:
-        """Blocking: verify hashes, build the inspector, warm it up."""
-        validate_category(name)
-        path = self.root / name
-        if not path.is_dir():
-            raise ArtifactError(f"no artifact published for {name}")
-        inspector = Inspector.from_artifact(path, self.settings.device, runtime=self.settings.runtime)
-        if self.settings.precision != "fp32":
-            inspector.configure_execution(precision=self.settings.precision)
-        if inspector.manifest.category != name:
-            log.warning("category %s serves an artifact fitted as %r", name, inspector.manifest.category)
-        if self.settings.device != "cuda":
-            self._warm_up(inspector, name, sorted({1, self.settings.max_batch_size}))
-        return inspector
+    # -- reload policy ----------------------------------------------------------------------
 
-    def _warm_up(self, inspector: Inspector, name: str, batch_sizes: list[int]) -> None:
-        """Blocking: run blank batches of ``batch_sizes``; refuse an artifact with non-finite scores."""
-        size = inspector.config.image_size
-        blank = np.zeros((size, size, 3), dtype=np.uint8)
-        for batch in batch_sizes:
-            scores = [r.score for r in inspector.inspect([blank] * batch)]
-            if not all(math.isfinite(s) for s in scores):
-                raise ArtifactError(f"{name}: the artifact produces a non-finite score")
+    async def reload(self, name: str) -> tuple[str | None, str]:
+        """Reload one category from ``<root>/<name>``; a new published category is added.
 
-    async def _warm_up_on_inference_threads(self, inspector: Inspector, name: str) -> None:
-        """CUDA: warm every batch size 1..max_batch_size on every inference thread.
-
-        Measured on an H100: the first call of each new (thread, batch size) pair costs
-        2-3 s (cuDNN builds its plans per handle, and handles are per thread). Doing it
-        here keeps that off the first requests. Shapes seen before are cheap, so a
-        reload of a same-architecture artifact warms in milliseconds.
+        Returns the previous artifact id (``None`` for a new category) and the new one.
         """
-        workers = self.settings.inference_workers
-        barrier = threading.Barrier(workers)
-        sizes = list(range(1, self.settings.max_batch_size + 1))
-
-        def on_one_thread() -> None:
-            try:
-                barrier.wait(timeout=60)  # one task per worker thread
-            except threading.BrokenBarrierError:
-                pass
-            self._warm_up(inspector, name, sizes)
-
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self._executor, on_one_thread) for _ in range(workers)))
-
-    async def reload(self, name: str) -> ReloadOutcome:
-        """Reload one category from ``<root>/<name>``; a new published category is added."""
         category = self._categories.get(name)
         if category is None:
             if not await asyncio.to_thread((self.root / name).is_dir):
                 raise ReloadError(404, "unknown_category", f"no category {name!r}")
             category = self._add(name)
         previous = category.artifact_id
-        started = time.perf_counter()
         inspector = await self._load_into(category)
         if inspector is None:
             self.metrics.reloads.labels(category=name, result="failed").inc()
             still = f"; still serving {previous}" if category.inspector is not None else ""
             raise ReloadError(409, "reload_failed", f"reload of {name} failed: {category.error}{still}")
         self.metrics.reloads.labels(category=name, result="ok").inc()
-        return ReloadOutcome(name, inspector.artifact_id, previous, time.perf_counter() - started)
+        return previous, inspector.artifact_id
 
     async def reload_all(self) -> None:
         """Reload every category whose published artifact changed, and add newly published
@@ -245,12 +188,3 @@ class Registry:
             return read_manifest(self.root / name).artifact_id == category.artifact_id
         except ArtifactError:
             return False
-
-    def public_error(self, exc: BaseException) -> str:
-        """A load error for API bodies: the artifact problem, without server paths or internals."""
-        if not isinstance(exc, ArtifactError):
-            return f"artifact could not be loaded ({type(exc).__name__})"
-        message = str(exc)
-        for prefix in {str(self.root.resolve()), str(self.root)}:
-            message = message.replace(prefix + "/", "").replace(prefix, "")
-        return message

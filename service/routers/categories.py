@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -77,10 +78,10 @@ async def get_category(category: Annotated[Category, Depends(known_category)]) -
     "and the old one keeps serving.",
 )
 async def reload_category(request: Request, name: CategoryName, registry: RegistryDep) -> ReloadResult:
+    started = time.perf_counter()
     try:
-        outcome = await registry.reload(name)
+        previous, artifact_id = await registry.reload(name)
     except ReloadError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from exc
-    return ReloadResult(category=outcome.category, artifact_id=outcome.artifact_id,
-                        previous_artifact_id=outcome.previous_artifact_id, seconds=round(outcome.seconds, 3),
-                        request_id=request_id_of(request))
+    return ReloadResult(category=name, artifact_id=artifact_id, previous_artifact_id=previous,
+                        seconds=round(time.perf_counter() - started, 3), request_id=request_id_of(request))
