@@ -1,0 +1,109 @@
+"""Does the self-checking fit choose well? Every scoring candidate's validation figures against
+its real test metrics, from one fit of the category.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/selection.py --data ../shared/data/mvtec_ad/bottle \
+        --name bottle --out runs/selection/bottle.json
+
+It runs the fit's own stages (split, one feature extraction, ``selection.select_scoring``'s
+validation) and then scores the real test set with every candidate from the same parts.
+Per candidate it reports the validation figures, the real image AUROC / pixel AUROC / AU-PRO,
+the real false-alarm rate on the test goods at the threshold calibration would set (target
+false-alarm rate on the held-out goods), what the rule chose, and the Spearman rank
+correlation between the validation sensitivity and the real mean of the three metrics.
+The raw validation scores go to ``<out>.npz`` so other rules can be tried without refitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.jobs.dataset import list_images, list_test_set, read_mask  # noqa: E402
+from model.jobs.fit import split_holdout  # noqa: E402
+from model.jobs.host import keep_freed_memory  # noqa: E402
+from model.jobs.progress import silent_progress  # noqa: E402
+from model.jobs.selection import (  # noqa: E402
+    branches_needed, choose, figures, resolve, score_candidates, validation_images)
+from model.jobs.variant import fit_parts  # noqa: E402
+from model.method.config import FitConfig  # noqa: E402
+from model.reporting import metrics  # noqa: E402
+from model.runtime.execution import Timer  # noqa: E402
+from model.runtime.imageio import read_image, resize_rgb  # noqa: E402
+
+METRICS = ("image_auroc", "pixel_auroc", "au_pro")
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 2 else float("nan")
+
+
+def real_rows(inspectors, table, data: Path, size: int, batch: int) -> dict[str, dict]:
+    samples, has_masks = list_test_set(data)
+    images = [resize_rgb(read_image(str(s.path)), size) for s in samples]
+    labels = np.array([s.label for s in samples])
+    masks = np.stack([read_mask(s, size) for s in samples]) if has_masks else None
+    scored = score_candidates(inspectors, images, batch)
+    rows = {}
+    for name, (scores, maps) in scored.items():
+        block = metrics.metric_block(scores, labels, maps if has_masks else None, masks)
+        far = float(np.mean(scores[labels == 0] > table[name]["threshold"]))
+        rows[name] = {**block, "good_far": far, "mean": float(np.mean([v for v in block.values() if v is not None]))}
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--name", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    config = FitConfig().with_overrides({"psg.enabled": False, **{k: json.loads(v) for k, v in
+                                                                   (s.split("=", 1) for s in args.set)}})
+    watch = Timer(torch.device("cpu"))
+    fit_files, hold_files = split_holdout(list_images(args.data / "train" / "good"), config)
+    parts = fit_parts(config, fit_files, "cpu", silent_progress, watch, *branches_needed(config, len(hold_files)))
+    names, _ = resolve(config, len(hold_files))
+    inspectors = {n: parts.variant(config.with_scoring(n), watch).inspector("cpu") for n in names}
+    goods = [resize_rgb(read_image(str(f)), config.image_size) for f in hold_files]
+    started = time.perf_counter()
+    images = validation_images(goods, config)
+    scored = score_candidates(inspectors, images.all, config.batch_size)
+    table = {n: figures(*scored[n], images, config) for n in names}
+    validate_s = time.perf_counter() - started
+    chosen = choose(table, config)
+    real = real_rows(inspectors, table, args.data, config.image_size, config.batch_size)
+    best = {m: max(r[m] for r in real.values() if r[m] is not None) for m in METRICS if real[names[0]][m] is not None}
+    result = {
+        "name": args.name, "data": str(args.data), "chosen": chosen, "validation": table, "real": real,
+        "chosen_gap": {m: round(best[m] - real[chosen][m], 4) for m in best},
+        "spearman": spearman([table[n]["sensitivity"] for n in names], [real[n]["mean"] for n in names]),
+        "seconds": {**{k: round(v / 1000, 2) for k, v in watch.ms.items()}, "validate": round(validate_s, 2)},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    n_good, n_def = len(images.goods), len(images.defects)
+    np.savez_compressed(args.out.with_suffix(".npz"), kinds=np.array(images.nuisance_kinds), n_good=n_good,
+                        n_def=n_def, **{f"scores_{n}": scored[n][0] for n in names})
+    print(f"{args.name}: chose {chosen}; gap to the best candidate {result['chosen_gap']}; "
+          f"spearman {result['spearman']:.2f}")
+    for n in names:
+        v, r = table[n], real[n]
+        print(f"  {n:<15} val {v['sensitivity']:.4f} nuisFAR {v['nuisance_far']:.2f} | real "
+              + " / ".join(f"{r[m]:.4f}" for m in METRICS if r[m] is not None) + f"  goodFAR {r['good_far']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

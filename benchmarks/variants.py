@@ -1,0 +1,97 @@
+"""Shifted, rotated and photometrically changed copies of an MVTec-layout category.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/variants.py --data ../shared/data/mvtec_ad/bottle \
+        --kind shift --out runs/variants/bottle-shift
+
+Kinds (seeded, images and masks transformed together, reflected border for images):
+- ``shift``: every image (train and test) shifted by up to ±5 % of its size on each axis:
+  a line whose parts are not fixtured, at fit time as at run time;
+- ``rotshift``: the same with a rotation in ±15°;
+- ``bright``: the test goods 15 % brighter (train and defects untouched): lighting that
+  changed between the fit and the line.
+Untouched files are symlinked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.jobs.dataset import list_images, list_test_set  # noqa: E402
+
+KINDS = {"shift": (0.0, 0.05), "rotshift": (15.0, 0.05), "bright": None}
+
+
+def _warp(path: Path, dst: Path, m: np.ndarray, mask: bool) -> None:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if mask else cv2.IMREAD_UNCHANGED)
+    h, w = img.shape[:2]
+    if mask:
+        out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
+    else:
+        out = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(dst), out)
+
+
+def _matrix(path: Path, degrees: float, shift: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-degrees, degrees), 1.0)
+    m[:, 2] += rng.uniform(-shift, shift, 2) * (w, h)
+    return m
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not dst.exists():
+        os.symlink(src.resolve(), dst)
+
+
+def make_variant(data: Path, out: Path, kind: str, seed: int = 0) -> Path:
+    """Write the ``kind`` copy of ``data`` under ``out`` and return ``out``."""
+    rng = np.random.default_rng(seed)
+    samples, _ = list_test_set(data)
+    train = list_images(data / "train" / "good")
+    if kind == "bright":
+        for f in train:
+            _link(f, out / "train" / "good" / f.name)
+        for s in samples:
+            dst = out / "test" / s.defect / s.path.name
+            if s.defect == "good":
+                img = cv2.imread(str(s.path), cv2.IMREAD_UNCHANGED).astype(np.float32) * 1.15
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(dst), np.clip(img, 0, 255).astype(np.uint8))
+            else:
+                _link(s.path, dst)
+                if s.mask_path is not None:
+                    _link(s.mask_path, out / "ground_truth" / s.defect / s.mask_path.name)
+        return out
+    degrees, shift = KINDS[kind]
+    for f in train:
+        _warp(f, out / "train" / "good" / f.name, _matrix(f, degrees, shift, rng), mask=False)
+    for s in samples:
+        m = _matrix(s.path, degrees, shift, rng)
+        _warp(s.path, out / "test" / s.defect / s.path.name, m, mask=False)
+        if s.mask_path is not None:
+            _warp(s.mask_path, out / "ground_truth" / s.defect / s.mask_path.name, m, mask=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--kind", required=True, choices=sorted(KINDS))
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    print(make_variant(args.data, args.out, args.kind, args.seed))
+
+
+if __name__ == "__main__":
+    main()
