@@ -101,7 +101,7 @@ def main() -> None:
           f"spearman {result['spearman']:.2f}")
     for n in names:
         v, r = table[n], real[n]
-        print(f"  {n:<15} val {v['sensitivity']:.4f} nuisFAR {v['nuisance_far']:.2f} | real "
+        print(f"  {n:<15} val {v['sensitivity']:.4f} nuisFAR {v['nuisance_far']:.2f} shift {v['nuisance_shift']:.2f} | real "
               + " / ".join(f"{r[m]:.4f}" for m in METRICS if r[m] is not None) + f"  goodFAR {r['good_far']:.2f}")
 
 

@@ -63,10 +63,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     keep_freed_memory()  # process-wide: glibc keeps freed memory for the next training step
     defects = list_defects(args.defects) if args.defects else ()
     report = fit(args.data, args.category, args.artifacts, config, device=args.device, progress=_progress,
-                 defects=defects)
+                 defects=defects, skip_bad_images=args.skip_bad_images)
     print(f"artifact   {report.artifact} -> {report.artifact_id}")
     print(f"images     {report.n_fit} fit, {report.n_holdout} held out and {report.n_defects} labelled defects "
           "for calibration")
+    for line in report.skipped:
+        print(f"skipped    {line}")
     psg = "on" if report.psg else "off"
     if report.psg_selection:
         blocks = ", ".join(f"{name} {' / '.join(map(_fmt, m.values()))}"
@@ -151,10 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", required=True, help="category folder in MVTec layout")
     f.add_argument("--category", required=True)
     f.add_argument("--artifacts", required=True, help="artifacts root; writes <root>/<category>")
+    f.add_argument("--skip-bad-images", action="store_true",
+                   help="leave out (and list) train/good images that do not decode instead of stopping")
     f.add_argument("--defects", help="labelled defect images, as <dir>/test/<type>/*.png with optional "
                    "<dir>/ground_truth/<type>/<stem>_mask.png: F1 thresholds, and psg.enabled=auto chooses with them")
     f.add_argument("--device", default="cpu")
-    f.add_argument("--config", help="fit config JSON (see model/config.py)")
+    f.add_argument("--config", help="fit config JSON (see model/method/config.py)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set nns.coreset_ratio=0.02 --set gaussian.enabled=false")
     f.set_defaults(func=cmd_fit)

@@ -7,7 +7,7 @@ never reaches JSON; building such a model fails and the API answers 500.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,6 +95,11 @@ class ManifestSummary(BaseModel):
         None, description="image AUROC, pixel AUROC and AU-PRO on the held-out goods plus those defects"
     )
     versions: dict[str, str] = Field(default_factory=dict)
+    scoring: dict[str, Any] | None = Field(
+        None, description="how the fit chose the scoring: mode (auto, forced, config, fallback), the chosen "
+        "candidate, every candidate's validation figures, the rule, and any warning")
+    skipped_images: list[str] = Field(default_factory=list, description="training images that did not decode "
+                                      "and were left out (fit --skip-bad-images)")
 
 
 class CategoryDetail(CategoryStatus):

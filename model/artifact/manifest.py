@@ -48,6 +48,7 @@ class Training:
     holdout_files: list[str]
     fingerprint: str
     defects: DefectsRecord | None = None
+    skipped: list[str] = field(default_factory=list)  # "<file>: <reason>" of undecodable images left out
 
     @property
     def defect_hashes(self) -> list[str]:

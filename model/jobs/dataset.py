@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from model.runtime.imageio import ImageDecodeError, read_image
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 GOOD = "good"
 
@@ -36,6 +38,19 @@ def list_images(folder: Path | str) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def split_decodable(files: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """``files`` that decode, and ``"<name>: <reason>"`` for each that does not (every file is decoded once)."""
+    good, bad = [], []
+    for f in files:
+        try:
+            read_image(str(f))
+        except ImageDecodeError as exc:
+            bad.append(f"{f.name}: {str(exc).removeprefix(str(f) + ': ')}")
+        else:
+            good.append(f)
+    return good, bad
 
 
 def file_sha256(path: Path) -> str:

@@ -32,7 +32,7 @@ from model.artifact.manifest import (
     Training,
 )
 from model.artifact.store import artifact_size_bytes, validate_category, write_artifact
-from model.jobs.dataset import TestSample, file_sha256, fingerprint, list_images, read_mask
+from model.jobs.dataset import TestSample, file_sha256, fingerprint, list_images, read_mask, split_decodable
 from model.jobs.progress import ProgressFactory, silent_progress
 from model.jobs.selection import branches_needed, select_scoring
 from model.jobs.variant import Variant, batches, fit_parts, fit_variant
@@ -62,6 +62,7 @@ class FitReport:
     psg: bool = False
     psg_selection: dict | None = None  # with psg.enabled="auto" and labelled defects
     selection: dict | None = None  # the scoring choice (selection.select_scoring)
+    skipped: list[str] = field(default_factory=list)  # undecodable training images left out
 
 
 @dataclass
@@ -211,18 +212,25 @@ def fit(
     device: str = "cpu",
     progress: ProgressFactory = silent_progress,
     defects: Sequence[TestSample] = (),
+    skip_bad_images: bool = False,
 ) -> FitReport:
     """Fit ``category`` from ``<data>/train/good`` and publish ``<artifacts>/<category>``.
 
     ``defects``: labelled defect images (``dataset.list_defects``). With them, the
     thresholds maximise F1 on the held-out goods plus the defects, and ``psg.enabled="auto"``
-    keeps PSG only where it scores better there (``prefer_psg``).
+    keeps PSG only where it scores better there (``prefer_psg``). An image in ``train/good``
+    that does not decode stops the fit with an error naming it, unless ``skip_bad_images``:
+    then every image is decoded once first and the bad ones are left out and recorded.
     """
     validate_category(category)
     config = config or FitConfig()
     torch.manual_seed(config.seed)
     watch = Timer(torch.device(device))
-    files = list_images(Path(data) / "train" / "good")
+    files, skipped = list_images(Path(data) / "train" / "good"), []
+    if skip_bad_images:
+        files, skipped = split_decodable(files)
+        for line in skipped:
+            log.warning("skipped an image that does not decode: %s", line)
     fit_files, hold_files = split_holdout(files, config)
     log.info("fitting %s on %d images, %d held out, %d labelled defects", category, len(fit_files),
              len(hold_files), len(defects))
@@ -240,7 +248,8 @@ def fit(
         versions=library_versions(),
         training=Training(data=str(Path(data).resolve()), n_images=len(files), n_fit=len(fit_files),
                           n_holdout=len(hold_files), holdout_files=[f.name for f in hold_files],
-                          fingerprint=fingerprint(files), defects=defects_record(defects) if defects else None),
+                          fingerprint=fingerprint(files), defects=defects_record(defects) if defects else None,
+                          skipped=skipped),
         calibration=CalibrationRecord(thresholds, score_statistics(best.scores[validation.labels == 0]), best.block),
         fit=FitRecord(device=device, n_patches=best.variant.n_patches, bank_size=best.variant.bank_size,
                       seconds={k: round(v / 1000, 3) for k, v in watch.ms.items()},
@@ -266,6 +275,7 @@ def report(path: Path, manifest: Manifest, watch: Timer, n_defects: int) -> FitR
         n_fit=manifest.training.n_fit,
         n_holdout=manifest.training.n_holdout,
         n_defects=n_defects,
+        skipped=manifest.training.skipped,
         psg=manifest.config.psg.enabled,
         psg_selection=manifest.fit.psg_selection,
         selection=manifest.fit.selection,

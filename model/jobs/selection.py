@@ -19,9 +19,10 @@ Gaussians never saw:
   benign changes a line sees between fit and use.
 
 The rule (``choose``): the robust candidates are those whose nuisance false-alarm rate is at
-most ``max(target, lowest) + far_margin``; among them the highest sensitivity wins, and a
-candidate within ``tie_margin`` of it that comes earlier in ``selection.candidates`` (simpler
-first) is preferred.
+most ``far_ratio`` times the lowest one plus ``far_margin`` (a candidate that flags several
+times more of the changed goods than another is not robust: it would stop the line after the
+next change of lighting or fixture); among them the highest sensitivity wins, and a candidate
+within ``tie_margin`` of it that comes earlier in ``selection.candidates`` is preferred.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from model.runtime.inspector import Inspector
 
 log = logging.getLogger(__name__)
 
-RULE = ("robust: nuisance false-alarm rate <= max(target, lowest) + far_margin; "
+RULE = ("robust: nuisance false-alarm rate <= far_ratio x lowest + far_margin; "
         "then the highest sensitivity (mean of image AUROC, pixel AUROC, AU-PRO on goods + defects); "
         "within tie_margin, the earlier candidate")
 
@@ -59,6 +60,7 @@ class ValidationImages:
     defect_masks: np.ndarray  # [Nd, S, S] bool
     nuisance: list[np.ndarray]
     nuisance_kinds: list[str]
+    nuisance_sources: list[int]  # index into goods of each nuisance copy's source
     labelled: list[np.ndarray] = field(default_factory=list)  # real defects from fit --defects
     labelled_masks: np.ndarray | None = None  # [Nl, S, S] bool, when every one has a mask
 
@@ -81,6 +83,7 @@ def validation_images(goods: Sequence[np.ndarray], config: FitConfig, labelled: 
         defect_masks=np.stack([mask for _, _, mask, _ in made]),
         nuisance=[image for _, image, _ in nuisance],
         nuisance_kinds=[kind for _, _, kind in nuisance],
+        nuisance_sources=[index for index, _, _ in nuisance],
         labelled=list(labelled),
         labelled_masks=labelled_masks,
     )
@@ -119,10 +122,12 @@ def figures(scores: np.ndarray, maps: np.ndarray, images: ValidationImages, conf
                                      np.concatenate([maps[good], maps[defect]]),
                                      np.concatenate([no_defect, images.defect_masks]))
     flagged = scores[nuisance] > threshold
-    by_kind = {k: float(np.mean(flagged[[i for i, kk in enumerate(images.nuisance_kinds) if kk == k]]))
-               for k in dict.fromkeys(images.nuisance_kinds)}
+    moved = nuisance_shift(scores[good], scores[nuisance], images.nuisance_sources, threshold)
+    kinds = {k: [i for i, kk in enumerate(images.nuisance_kinds) if kk == k] for k in dict.fromkeys(images.nuisance_kinds)}
     row = {**synthetic, "sensitivity": _mean(synthetic), "threshold": threshold,
-           "nuisance_far": float(np.mean(flagged)), "nuisance_far_by_kind": by_kind}
+           "nuisance_shift": float(np.median(moved)), "nuisance_far": float(np.mean(flagged)),
+           "nuisance_shift_by_kind": {k: float(np.median(moved[i])) for k, i in kinds.items()},
+           "nuisance_far_by_kind": {k: float(np.mean(flagged[i])) for k, i in kinds.items()}}
     if images.labelled:
         n_lab = len(images.labelled)
         masks = (np.concatenate([no_defect, images.labelled_masks]) if images.labelled_masks is not None else None)
@@ -131,6 +136,18 @@ def figures(scores: np.ndarray, maps: np.ndarray, images: ValidationImages, conf
         row["labelled"] = real
         row["sensitivity"] = (row["sensitivity"] + 2 * _mean(real)) / 3
     return row
+
+
+def nuisance_shift(good: np.ndarray, changed: np.ndarray, sources: Sequence[int], threshold: float) -> np.ndarray:
+    """How far each nuisance copy moved its own good part's score, in units of the good parts'
+    margin to the threshold, on a log scale: ``(log s_changed - log s_source) / (log t - median log s_good)``.
+
+    Paired with its source, so the goods' own spread cancels; 1 means a typical good part
+    pushed all the way to the threshold. Unlike a false-alarm rate it does not saturate.
+    """
+    logs = np.log(np.maximum(good, 1e-12))
+    margin = max(float(np.log(threshold) - np.median(logs)), 1e-6)
+    return (np.log(np.maximum(changed, 1e-12)) - logs[np.asarray(sources)]) / margin
 
 
 def _mean(block: dict[str, float | None]) -> float:
@@ -142,7 +159,7 @@ def choose(table: dict[str, dict], config: FitConfig) -> str:
     """The candidate to publish from the validation ``table`` (name -> figures), by ``RULE``."""
     sel = config.selection
     lowest = min(row["nuisance_far"] for row in table.values())
-    limit = max(config.calibration.image_false_alarm_rate, lowest) + sel.far_margin
+    limit = sel.far_ratio * lowest + sel.far_margin
     robust = [name for name, row in table.items() if row["nuisance_far"] <= limit]
     best = max(table[name]["sensitivity"] for name in robust)
     return next(name for name in robust if table[name]["sensitivity"] >= best - sel.tie_margin)

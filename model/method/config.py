@@ -142,15 +142,18 @@ class CalibrationConfig:
 class SelectionConfig:
     """The self-checking fit (``scoring="auto"``): validation sizes and the choice rule's margins.
 
-    ``candidates`` are names of ``model.method.scoring.CANDIDATES``, simplest first: a tie
-    goes to the earlier one. See ``model/jobs/selection.py`` for the rule.
+    ``candidates`` are names of ``SCORING_CANDIDATES`` in order of preference: a tie goes to
+    the earlier one. The paper's product comes first, then the same with a growing shift
+    tolerance, then the single branches, which drop information. See ``model/jobs/selection.py``.
     """
 
-    candidates: tuple[str, ...] = ("product", "nns", "gaussian", "product_shift2", "product_shift5")
+    candidates: tuple[str, ...] = ("product", "product_shift2", "product_shift5", "gaussian", "nns")
     max_images: int = 32  # held-out goods that get synthetic defects and nuisance copies
     defects_per_image: int = 2
     nuisances_per_image: int = 2
-    far_margin: float = 0.05  # robust: nuisance false-alarm rate within this of the best (or of the target)
+    # Robust: a nuisance false-alarm rate at most far_ratio x the lowest one + far_margin.
+    far_ratio: float = 2.0
+    far_margin: float = 0.05
     tie_margin: float = 0.005  # sensitivities this close count as equal
     weak_sensitivity: float = 0.8  # below this the fit warns that the chosen scoring validates weakly
     min_holdout: int = 8  # fewer held-out goods: no choice, the default candidate, recorded as a fallback

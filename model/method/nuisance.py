@@ -12,8 +12,9 @@ one and a size uniform in ``[0.3, 1] x`` the maximum, so every draw really chang
 ``brightness``  gain ``1 ± 0.15`` on every pixel (exposure, lamp ageing)
 ``contrast``    ``(x - mean) x (1 ± 0.15) + mean`` around the image's mean grey
 ``gamma``       ``255 (x / 255) ** g``, ``g`` in ``0.8 .. 1.25`` (log-symmetric)
-``noise``       additive Gaussian sensor noise, sigma 4..6 grey levels (the same on the
-                three channels of a grey image, so it stays grey)
+``noise``       additive Gaussian sensor noise, sigma 1.5..3 grey levels at the model input
+                (a camera's noise of 5..10 grey levels at 900 px, averaged by the downscale;
+                the same on the three channels of a grey image, so it stays grey)
 ``blur``        Gaussian blur, sigma 0.8..1.2 px at 256 px (defocus), scaled with the side
 ``shift``       translation by up to 5 % of the shorter side, in a random direction
 ``rotation``    rotation about the centre by up to ±10 degrees
@@ -38,7 +39,7 @@ MAGNITUDES = {
     "brightness": 0.15,  # relative gain
     "contrast": 0.15,  # relative contrast change
     "gamma": float(np.log(1.25)),  # |log gamma|
-    "noise": (4.0, 6.0),  # sigma range, grey levels
+    "noise": (1.5, 3.0),  # sigma range, grey levels at the model input
     "blur": (0.8, 1.2),  # sigma range, px at 256 px
     "shift": 0.05,  # fraction of the shorter side
     "rotation": 10.0,  # degrees

@@ -131,9 +131,13 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 
 
 def read_image(path: str) -> np.ndarray:
-    """Decode an image file through ``decode_image`` (the server's path)."""
+    """Decode an image file through ``decode_image`` (the server's path); errors name the file."""
     with open(path, "rb") as fh:
-        return decode_image(fh.read())
+        data = fh.read()
+    try:
+        return decode_image(data)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"{path}: {exc}", exc.code) from exc
 
 
 def uses_area(height: int, width: int, size: int) -> bool:

@@ -47,6 +47,8 @@ def manifest_summary(manifest: Manifest) -> ManifestSummary:
         labelled_defects=training.defects.n if training.defects is not None else 0,
         validation=manifest.calibration.validation,
         versions=manifest.versions,
+        scoring=fit.selection,
+        skipped_images=training.skipped,
     )
 
 
