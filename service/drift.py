@@ -32,9 +32,10 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from model.serving import Manifest
+if TYPE_CHECKING:  # settings import this module: keep it free of the model stack
+    from model.serving import Manifest
 
 MIN_SCORES = 8  # fewer scores than this: no statistics, status insufficient_data
 MIN_ALARMS = 3  # fewer scores above the threshold than this never judge by the rate alone
