@@ -14,15 +14,24 @@ Names (all unprefixed, as scraped):
 * ``inspect_model_loaded{category}``: 1 when the category is serving, else 0
 * ``inspect_reloads_total{category,result}``: reloads by ``ok`` / ``failed``
 * ``inspect_gpu_memory_bytes``: ``torch.cuda.memory_allocated()`` (0 on CPU)
+* ``inspect_score_drift_ratio{category}``: median of the recent image scores / median of the
+  fit's held-out goods (``service.drift``), computed at scrape time
+* ``inspect_recent_anomaly_rate{category}``: share of the recent image scores above the
+  calibrated image threshold, computed at scrape time
+
+The two drift gauges have no sample for a category whose window holds fewer than
+``service.drift.MIN_SCORES`` scores (after start-up or a reload): absent, never 0 or NaN.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from model.serving import gpu_memory_bytes
+from service.drift import DriftSnapshot
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
@@ -77,6 +86,41 @@ class Metrics:
         if device == "cuda" and gpu_memory_bytes() is not None:
             self.gpu_memory.set_function(lambda: gpu_memory_bytes() or 0.0)
 
+    def track_drift(self, snapshots: Callable[[], list[tuple[str, DriftSnapshot]]]) -> None:
+        """Export the drift gauges of ``snapshots()`` (category, statistics), called at every scrape."""
+        self.registry.register(DriftCollector(snapshots))
+
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class DriftCollector:
+    """``inspect_score_drift_ratio`` and ``inspect_recent_anomaly_rate`` per category, read at scrape
+    time (requests only append their scores); a category with too few scores has no sample."""
+
+    def __init__(self, snapshots: Callable[[], list[tuple[str, DriftSnapshot]]]) -> None:
+        self._snapshots = snapshots
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        ratio = GaugeMetricFamily("inspect_score_drift_ratio",
+                                  "Median of the recent image scores / median of the fit's held-out goods.",
+                                  labels=["category"])
+        rate = GaugeMetricFamily("inspect_recent_anomaly_rate",
+                                 "Share of the recent image scores above the calibrated image threshold.",
+                                 labels=["category"])
+        return ratio, rate
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ratio, rate = self._families()
+        for category, snapshot in self._snapshots():
+            if snapshot.ratio is not None:
+                ratio.add_metric([category], snapshot.ratio)
+            if snapshot.recent_anomaly_rate is not None:
+                rate.add_metric([category], snapshot.recent_anomaly_rate)
+        yield ratio
+        yield rate

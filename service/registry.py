@@ -20,6 +20,7 @@ from typing import Literal
 
 from model.serving import ArtifactError, Inspector, list_categories, read_manifest
 from service.batching import Batcher
+from service.drift import Baseline, DriftSnapshot, DriftTracker
 from service.loading import ArtifactLoader
 from service.metrics import UNKNOWN_CATEGORY, Metrics
 from service.settings import Settings
@@ -47,6 +48,7 @@ class Category:
     error: str | None = None  # why it failed to load, or why the last reload failed
     loaded_at: datetime | None = None
     batcher: Batcher | None = None
+    drift: DriftTracker = field(default_factory=DriftTracker)  # recent scores of the live artifact
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -83,6 +85,10 @@ class Registry:
         """``name`` when it is a served category, else a fixed label (bounded cardinality)."""
         return name if name in self._categories else UNKNOWN_CATEGORY
 
+    def drift_snapshots(self) -> list[tuple[str, DriftSnapshot]]:
+        """Each serving category's drift statistics, computed now (a scrape or a GET)."""
+        return [(c.name, c.drift.snapshot()) for c in self.all() if c.inspector is not None]
+
     def is_ready(self) -> bool:
         """Loading finished and at least one category serves."""
         return self.loading_finished and any(c.state == "ready" for c in self._categories.values())
@@ -112,7 +118,7 @@ class Registry:
             self._executor = None
 
     def _add(self, name: str) -> Category:
-        category = Category(name)
+        category = Category(name, drift=DriftTracker(self.settings.drift_window))
         category.batcher = Batcher(
             name, lambda: category.inspector, self._executor, self.metrics,
             max_batch_size=self.settings.max_batch_size, max_wait_s=self.settings.max_wait_ms / 1000.0,
@@ -138,6 +144,7 @@ class Registry:
                 return None
             previous = category.inspector
             category.inspector = inspector  # the swap: later batches read the new one
+            category.drift.reset(Baseline.of(inspector.artifact_id, inspector.manifest))  # a fresh window
             category.state, category.error = "ready", None
             category.loaded_at = datetime.now(timezone.utc)
             self.metrics.model_loaded.labels(category=category.name).set(1)

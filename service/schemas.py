@@ -102,8 +102,33 @@ class ManifestSummary(BaseModel):
                                       "and were left out (fit --skip-bad-images)")
 
 
+class DriftReport(Finite):
+    """Recent image scores against the held-out goods of the fit (``service.drift``)."""
+
+    window: int = Field(description="most recent image scores kept (drift_window)")
+    count: int = Field(description="scores in the window since the live artifact was loaded")
+    recent_median: float | None = Field(None, description="median raw score of the window (null below 8 scores)")
+    holdout_median: float | None = Field(None, description="median raw score of the fit's held-out good parts")
+    ratio: float | None = Field(
+        None, description="recent_median / holdout_median: 1.0 = as at fit time, 1.3 = good parts score 30% higher"
+    )
+    recent_anomaly_rate: float | None = Field(
+        None, description="share of the window above the calibrated image threshold (null below 8 scores)"
+    )
+    expected_false_alarm_rate: float | None = Field(
+        None, description="the fit's target share of good parts above the threshold (image_false_alarm_rate)"
+    )
+    threshold: float | None = Field(None, description="the calibrated image threshold the rate counts against")
+    status: Literal["insufficient_data", "ok", "watch", "drift"] = Field(
+        description="insufficient_data below 8 scores; drift: ratio > 1.5 or (>= 3 flagged and rate > 5x expected); "
+        "watch: ratio > 1.2 or (>= 3 flagged and rate > 2x expected); else ok"
+    )
+    hint: str = Field(description="what to check: lighting, focus, fixture, or re-fit with recent good images")
+
+
 class CategoryDetail(CategoryStatus):
     manifest: ManifestSummary | None = Field(None, description="summary of the live artifact's manifest")
+    drift: DriftReport | None = Field(None, description="recent scores against the fit (null while not serving)")
 
 
 class ReloadResult(BaseModel):

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.drift import MIN_SCORES
+
 
 class Settings(BaseSettings):
     """Configuration of one server process."""
@@ -49,6 +51,11 @@ class Settings(BaseSettings):
     # Responses
     max_regions: int = Field(32, ge=0, description="most defect regions listed per image")
     png_compression: int = Field(1, ge=0, le=9, description="zlib level of returned PNGs (speed over size)")
+
+    # Monitoring
+    drift_window: int = Field(
+        256, ge=MIN_SCORES, description="recent image scores per category compared with the fit's held-out goods"
+    )
 
     # Security
     api_key: SecretStr | None = Field(

@@ -151,7 +151,7 @@ def app_routes(tmp_path_factory) -> set[str]:
 
 @pytest.fixture(scope="module")
 def metrics_text(tiny_artifacts, tiny_data) -> str:
-    """The /metrics exposition after one real inspect request."""
+    """The /metrics exposition after real inspect requests, a reload and an error."""
     png = sorted((tiny_data / "test").rglob("*.png"))[0].read_bytes()
     settings = Settings(artifacts=tiny_artifacts, reload_key="deploy-test")
     with TestClient(create_app(settings)) as client:
@@ -159,6 +159,9 @@ def metrics_text(tiny_artifacts, tiny_data) -> str:
         assert r.status_code == 200, r.text
         r = client.post("/categories/alpha/reload", headers={"Authorization": "Bearer deploy-test"})
         assert r.status_code == 200, r.text  # so inspect_reloads_total{category,result} is exported too
+        files = [("files", (f"part{i}.png", png, "image/png")) for i in range(8)]  # 8: the drift minimum
+        r = client.post("/inspect/alpha", files=files, params={"outputs": "none"})
+        assert r.status_code == 200, r.text  # so the drift gauges have samples (fresh window after the reload)
         r = client.post("/inspect/alpha", content=b"not an image", headers={"Content-Type": "image/png"})
         assert r.status_code == 400, r.text  # so inspect_errors_total{category,code} is exported too
         return client.get("/metrics").text
@@ -325,6 +328,8 @@ def test_dashboard_uses_only_exported_metrics(exported_metrics) -> None:
     wanted = {"inspect_images_total", "inspect_request_duration_seconds_bucket", "inspect_verdicts_total",
               "inspect_requests_total", "inspect_batch_size_bucket", "inspect_gpu_memory_bytes"}
     assert wanted <= used, f"dashboard misses {sorted(wanted - used)}"
+    drift = {"inspect_score_drift_ratio", "inspect_recent_anomaly_rate"}
+    assert drift <= used, f"dashboard misses {sorted(drift - used)}"
 
 
 def test_dashboard_labels_are_real(metrics_text) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -15,6 +16,7 @@ from service.schemas import (
     CategoryDetail,
     CategoryList,
     CategoryStatus,
+    DriftReport,
     ErrorBody,
     ManifestSummary,
     ReloadResult,
@@ -61,12 +63,13 @@ async def list_categories(registry: RegistryDep) -> CategoryList:
     "/{category}",
     response_model=CategoryDetail,
     responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
-    summary="A category's state and live artifact (manifest summary)",
+    summary="A category's state, live artifact (manifest summary) and score drift",
 )
 async def get_category(category: Annotated[Category, Depends(known_category)]) -> CategoryDetail:
     inspector = category.inspector
     summary = manifest_summary(inspector.manifest) if inspector is not None else None
-    return CategoryDetail(**category_status(category).model_dump(), manifest=summary)
+    drift = DriftReport(**asdict(category.drift.snapshot())) if inspector is not None else None
+    return CategoryDetail(**category_status(category).model_dump(), manifest=summary, drift=drift)
 
 
 @router.post(

@@ -120,6 +120,7 @@ async def inspect_images(
         for i, (upload, s, (fields, _)) in enumerate(zip(uploads.items, scored, rendered, strict=True))
     ]
     _observe(metrics, category.name, results, stages)
+    _record_drift(category, results)
     if not uploads.batch:
         return _json(results[0])
     return _json(_build(BatchResult, category=category.name, artifact_id=results[0].artifact_id,
@@ -235,6 +236,13 @@ def _rounded(timings: dict[str, float]) -> dict[str, float]:
 
 def _json(model: ImageResult | BatchResult) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
+
+
+def _record_drift(category: Category, results: list[ImageResult]) -> None:
+    """Each image's raw score into the category's drift window (O(1) per score; statistics are
+    computed on GET or scrape). Results of a previous artifact (a reload in flight) are dropped."""
+    for artifact_id in {r.artifact_id for r in results}:
+        category.drift.record([r.score for r in results if r.artifact_id == artifact_id], artifact_id)
 
 
 def _observe(metrics: Metrics, category: str, results: list[ImageResult], stages: _Stages) -> None:
