@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.variants import make_variant
 from model.artifact.store import load_artifact
+from model.jobs.dataset import list_defects
 from model.jobs.fit import fit
 from model.jobs.selection import choose, resolve
 from model.method.config import SCORING_CANDIDATES, FitConfig
-from benchmarks.variants import make_variant
 from tests.conftest import shared_category, tiny_config
 
 AUTO = {"scoring": "auto", "selection.min_holdout": 4, "calibration.holdout_fraction": 0.3}
@@ -91,3 +92,15 @@ def test_unfixtured_bottles_make_auto_leave_the_plain_per_position_gaussian(tmp_
     assert selection["mode"] == "auto"
     assert table["product_shift5"]["sensitivity"] > table["product"]["sensitivity"], table
     assert selection["chosen"] in {"product_shift2", "product_shift5", "nns"}, selection["chosen"]
+
+
+def test_labelled_defects_join_the_validation(tmp_path, tiny_data):
+    defects = list_defects(tiny_data)[:4]
+    report = fit(tiny_data, "labelled", tmp_path, tiny_config(**AUTO, **{"psg.enabled": False}), defects=defects)
+    selection = load_artifact(report.artifact).manifest.fit.selection
+    assert selection["n_images"]["labelled"] == 4
+    for figures in selection["candidates"].values():
+        real = figures["labelled"]
+        assert set(real) == {"image_auroc", "pixel_auroc", "au_pro"} and real["au_pro"] is not None
+        synthetic = sum(figures[k] for k in real) / 3
+        assert figures["sensitivity"] == pytest.approx((synthetic + 2 * sum(real.values()) / 3) / 3)

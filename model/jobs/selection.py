@@ -113,14 +113,10 @@ def score_candidates(inspectors: dict[str, Inspector], images: Sequence[np.ndarr
 def figures(scores: np.ndarray, maps: np.ndarray, images: ValidationImages, config: FitConfig) -> dict:
     """One candidate's validation figures from its scores and maps of ``images.all`` (in order)."""
     n_good, n_def, n_nui = len(images.goods), len(images.defects), len(images.nuisance)
-    size = maps.shape[-1]
     good, defect = slice(0, n_good), slice(n_good, n_good + n_def)
     nuisance, labelled = slice(n_good + n_def, n_good + n_def + n_nui), slice(n_good + n_def + n_nui, None)
     threshold = far_threshold(scores[good], config.calibration.image_false_alarm_rate)
-    no_defect = np.zeros((n_good, size, size), bool)
-    synthetic = metrics.metric_block(np.r_[scores[good], scores[defect]], np.r_[np.zeros(n_good), np.ones(n_def)],
-                                     np.concatenate([maps[good], maps[defect]]),
-                                     np.concatenate([no_defect, images.defect_masks]))
+    synthetic = _against_goods(scores, maps, good, defect, images.defect_masks)
     flagged = scores[nuisance] > threshold
     moved = nuisance_shift(scores[good], scores[nuisance], images.nuisance_sources, threshold)
     kinds = {k: [i for i, kk in enumerate(images.nuisance_kinds) if kk == k] for k in dict.fromkeys(images.nuisance_kinds)}
@@ -129,13 +125,23 @@ def figures(scores: np.ndarray, maps: np.ndarray, images: ValidationImages, conf
            "nuisance_shift_by_kind": {k: float(np.median(moved[i])) for k, i in kinds.items()},
            "nuisance_far_by_kind": {k: float(np.mean(flagged[i])) for k, i in kinds.items()}}
     if images.labelled:
-        n_lab = len(images.labelled)
-        masks = (np.concatenate([no_defect, images.labelled_masks]) if images.labelled_masks is not None else None)
-        real = metrics.metric_block(np.r_[scores[good], scores[labelled]], np.r_[np.zeros(n_good), np.ones(n_lab)],
-                                    np.concatenate([maps[good], maps[labelled]]), masks)
+        real = _against_goods(scores, maps, good, labelled, images.labelled_masks)
         row["labelled"] = real
         row["sensitivity"] = (row["sensitivity"] + 2 * _mean(real)) / 3
     return row
+
+
+def _against_goods(scores: np.ndarray, maps: np.ndarray, good: slice, defects: slice,
+                   masks: np.ndarray | None) -> dict[str, float | None]:
+    """Image AUROC, pixel AUROC and AU-PRO of the ``defects`` against the ``good`` images
+    (``masks [Nd, S, S]`` of the defects; the pixel metrics are None without them)."""
+    n_good, n_def = len(scores[good]), len(scores[defects])
+    labels = np.r_[np.zeros(n_good), np.ones(n_def)]
+    if masks is None:
+        return metrics.metric_block(np.r_[scores[good], scores[defects]], labels, None, None)
+    all_masks = np.concatenate([np.zeros((n_good, *maps.shape[1:]), bool), masks])
+    return metrics.metric_block(np.r_[scores[good], scores[defects]], labels,
+                                np.concatenate([maps[good], maps[defects]]), all_masks)
 
 
 def nuisance_shift(good: np.ndarray, changed: np.ndarray, sources: Sequence[int], threshold: float) -> np.ndarray:
@@ -169,7 +175,7 @@ def warning(row: dict, name: str, config: FitConfig) -> str | None:
     """What to try when even the chosen candidate validates weakly (None when it does not)."""
     sel = config.selection
     weak = row["sensitivity"] < sel.weak_sensitivity
-    fragile = row["nuisance_far"] > config.calibration.image_false_alarm_rate + sel.far_margin
+    fragile = row["nuisance_far"] > sel.fragile_far
     if not (weak or fragile):
         return None
     what = []

@@ -63,12 +63,20 @@ class GaussianAccumulator:
 
 
 def neighbourhood_sum(field: torch.Tensor, grid: tuple[int, int], r: int) -> torch.Tensor:
-    """Sum of ``field [P, K]`` (P = h*w positions) over each position's (2r+1)^2 neighbours, edges replicated."""
+    """Sum of ``field [P, K]`` (P = h*w positions) over each position's (2r+1)^2 neighbours, edges replicated.
+
+    A box filter by running sums along each grid axis, in ``field``'s own layout (no transposes
+    of the ``P x D*D`` moment field).
+    """
     h, w = grid
-    maps = field.T.reshape(1, -1, h, w)
-    padded = F.pad(maps, (r, r, r, r), mode="replicate")
-    summed = F.avg_pool2d(padded, 2 * r + 1, stride=1) * (2 * r + 1) ** 2
-    return summed.reshape(field.shape[1], h * w).T.contiguous()
+    x = field.reshape(h, w, -1)
+    x = torch.cat([x[:1].expand(r, -1, -1), x, x[-1:].expand(r, -1, -1)], 0)
+    x = torch.cat([x[:, :1].expand(-1, r, -1), x, x[:, -1:].expand(-1, r, -1)], 1)
+    n = 2 * r + 1
+    c = F.pad(x.cumsum(0), (0, 0, 0, 0, 1, 0))
+    x = c[n:] - c[:-n]
+    c = F.pad(x.cumsum(1), (0, 0, 1, 0))
+    return (c[:, n:] - c[:, :-n]).reshape(h * w, -1)
 
 
 def neighbourhood_shifts(x: torch.Tensor, r: int):
