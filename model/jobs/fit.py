@@ -40,7 +40,6 @@ from model.method.calibration import Thresholds, calibrate_on_good, calibrate_wi
 from model.method.config import AUTO, FitConfig
 from model.reporting import metrics
 from model.runtime.execution import Timer
-from model.runtime.imageio import read_image, resize_rgb
 from model.runtime.inspector import Inspector
 
 log = logging.getLogger(__name__)
@@ -146,11 +145,9 @@ def fit_candidates(config: FitConfig, fit_files: Sequence[Path], validation: Val
     psg_configs = psg_variants(config, bool(defects))
     n_hold = len(validation.files) - len(defects)
     parts = fit_parts(psg_configs[0], fit_files, device, progress, watch, *branches_needed(psg_configs[0], n_hold))
-    size = config.image_size
-    goods = [resize_rgb(read_image(str(f)), size) for f in validation.files[:n_hold]]
-    labelled = [resize_rgb(read_image(str(d.path)), size) for d in defects]
-    scoring, record = select_scoring(parts, psg_configs[0], goods, labelled,
-                                     validation.masks[n_hold:] if validation.masks is not None else None, device, watch)
+    labelled_masks = validation.masks[n_hold:] if validation.masks is not None else None
+    scoring, record = select_scoring(parts, psg_configs[0], validation.files[:n_hold], validation.files[n_hold:],
+                                     labelled_masks, device, watch)
     variants = [parts.variant(scoring, watch)]
     if len(psg_configs) == 2:
         variants.append(fit_variant(scoring.with_overrides({"psg.enabled": True}), fit_files, device, progress, watch))

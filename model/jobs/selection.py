@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from model.method.nuisance import nuisance_suite
 from model.method.synthetic_defects import defect_suite
 from model.reporting import metrics
 from model.runtime.execution import Timer, to_host
+from model.runtime.imageio import read_image, resize_rgb
 from model.runtime.inspector import Inspector
 
 log = logging.getLogger(__name__)
@@ -216,11 +218,12 @@ def _valid(config: FitConfig, name: str) -> bool:
     return True
 
 
-def select_scoring(parts: Parts, config: FitConfig, goods: Sequence[np.ndarray], labelled: Sequence[np.ndarray],
+def select_scoring(parts: Parts, config: FitConfig, goods: Sequence[Path], labelled: Sequence[Path],
                    labelled_masks: np.ndarray | None, device: str, watch: Timer) -> tuple[FitConfig, dict]:
     """The config to publish and the manifest's ``fit.selection`` record.
 
-    ``goods`` are the held-out goods and ``labelled`` the labelled defects, both ``[S, S, 3]``.
+    ``goods`` are the held-out good images' files, ``labelled`` the labelled defects' files and
+    ``labelled_masks [Nl, S, S]`` their masks (None without).
     """
     names, record = resolve(config, len(goods))
     if len(names) <= 1:
@@ -228,7 +231,8 @@ def select_scoring(parts: Parts, config: FitConfig, goods: Sequence[np.ndarray],
         return (config.with_scoring(names[0]) if names else config), record
     inspectors = {n: parts.variant(config.with_scoring(n), watch).inspector(device) for n in names}
     with watch.stage("validate"):
-        images = validation_images(goods, config, labelled, labelled_masks)
+        decoded = [resize_rgb(read_image(str(f)), config.image_size) for f in [*goods, *labelled]]
+        images = validation_images(decoded[: len(goods)], config, decoded[len(goods):], labelled_masks)
         scored = score_candidates(inspectors, images.all, config.batch_size)
         table = {n: figures(*scored[n], images, config) for n in names}
     chosen = choose(table, config)
