@@ -16,8 +16,8 @@ from tests.conftest import shared_category, tiny_config
 AUTO = {"scoring": "auto", "selection.min_holdout": 4, "calibration.holdout_fraction": 0.3}
 
 
-def row(sensitivity: float, far: float) -> dict:
-    return {"sensitivity": sensitivity, "nuisance_far": far}
+def row(sensitivity: float, far: float, shift: float = 0.5) -> dict:
+    return {"sensitivity": sensitivity, "nuisance_far": far, "nuisance_shift": shift}
 
 
 def test_the_rule_drops_fragile_candidates_then_takes_the_most_sensitive():
@@ -30,6 +30,16 @@ def test_the_rule_drops_fragile_candidates_then_takes_the_most_sensitive():
     assert choose(table, config) == "product"  # within the tie margin of 0.95: the earlier one
     table["product"] = row(0.94, 0.60)
     assert choose(table, config) == "product_shift5"
+
+
+def test_the_rule_drops_a_candidate_whose_good_scores_move_several_times_more():
+    """Every false-alarm rate saturated (a strict threshold), yet the product's good parts move
+    three times as far towards it under the nuisance changes: not robust."""
+    config = FitConfig()
+    table = {"product": row(0.97, 0.9, shift=1.5), "nns": row(0.93, 0.9, shift=0.5)}
+    assert choose(table, config) == "nns"  # 1.5 > 2 x 0.5 + 0.25
+    table["product"] = row(0.97, 0.9, shift=1.2)
+    assert choose(table, config) == "product"
 
 
 def test_resolve_names_what_to_validate():
