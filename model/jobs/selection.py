@@ -13,6 +13,9 @@ Gaussians never saw:
   blurred / brightness-shifted patches, small to large), plus the labelled defects when the
   fit has some. Sensitivity is the mean of image AUROC, pixel AUROC and AU-PRO on the goods
   plus these defects; with labelled defects it is (synthetic + 2 x labelled) / 3;
+  PSG is not among these candidates: it is trained on CutPaste and Scar, two of the synthetic
+  families, which would flatter it; with labelled defects it is chosen on them alone, after
+  the scoring (``fit.prefer_psg``);
 * **robustness**: nuisance copies of the same goods (``model.method.nuisance``: brightness,
   contrast, gamma, noise, blur, shift, rotation, scale). The nuisance false-alarm rate is the
   fraction of them above the candidate's threshold: how far its good scores move under the
