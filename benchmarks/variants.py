@@ -8,7 +8,11 @@ Kinds (seeded, images and masks transformed together, reflected border for image
   a line whose parts are not fixtured, at fit time as at run time;
 - ``rotshift``: the same with a rotation in ±15°;
 - ``bright``: the test goods 15 % brighter (train and defects untouched): lighting that
-  changed between the fit and the line.
+  changed between the fit and the line;
+- ``scene``: an unfixtured object on a noisy dark background, photographed in two sessions:
+  each image's part (a disc cut from the original, 70 % of the side) is pasted at a random
+  place (±12 %) on dark sensor noise; the test images (goods and defects) come from a
+  second session with a brighter, noisier background.
 Untouched files are symlinked.
 """
 
@@ -26,7 +30,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.jobs.dataset import list_images, list_test_set  # noqa: E402
 
-KINDS = {"shift": (0.0, 0.05), "rotshift": (15.0, 0.05), "bright": None}
+KINDS = {"shift": (0.0, 0.05), "rotshift": (15.0, 0.05), "bright": None, "scene": None}
+SESSIONS = {"train": (25.0, 8.0), "test": (40.0, 14.0)}  # background mean and noise sigma, grey levels
+
+
+def _scene(path: Path, dst: Path, mask_path: Path | None, session: str, rng: np.random.Generator) -> None:
+    """The part of ``path`` (a centred disc, 70 % of the side) at a random place on a noisy dark background."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    h, w = img.shape[:2]
+    side = int(0.7 * min(h, w))
+    yy, xx = np.mgrid[:h, :w]
+    disc = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) < (side / 2) ** 2
+    m = np.float32([[0.7, 0, 0.15 * w], [0, 0.7, 0.15 * h]])
+    m[:, 2] += rng.uniform(-0.12, 0.12, 2) * (w, h)
+    mean, sigma = SESSIONS[session]
+    out = np.clip(rng.normal(mean, sigma, img.shape), 0, 255).astype(np.uint8)
+    part = cv2.warpAffine(img, m, (w, h))
+    keep = cv2.warpAffine(disc.astype(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST).astype(bool)
+    out[keep] = part[keep]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(dst), out)
+    if mask_path is not None:
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+        moved = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) * keep
+        mdst = dst.parents[2] / "ground_truth" / dst.parent.name / mask_path.name
+        mdst.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(mdst), moved.astype(np.uint8))
 
 
 def _warp(path: Path, dst: Path, m: np.ndarray, mask: bool) -> None:
@@ -58,6 +87,12 @@ def make_variant(data: Path, out: Path, kind: str, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     samples, _ = list_test_set(data)
     train = list_images(data / "train" / "good")
+    if kind == "scene":
+        for f in train:
+            _scene(f, out / "train" / "good" / f.name, None, "train", rng)
+        for s in samples:
+            _scene(s.path, out / "test" / s.defect / s.path.name, s.mask_path, "test", rng)
+        return out
     if kind == "bright":
         for f in train:
             _link(f, out / "train" / "good" / f.name)

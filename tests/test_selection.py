@@ -22,24 +22,22 @@ def row(sensitivity: float, far: float, shift: float = 0.5) -> dict:
 
 def test_the_rule_drops_fragile_candidates_then_takes_the_most_sensitive():
     config = FitConfig()
-    table = {"product": row(0.97, 0.60), "product_shift5": row(0.95, 0.40), "nns": row(0.93, 0.10)}
-    assert choose(table, config) == "nns"  # 0.40 > 2 x 0.10 + 0.05: only NNS is robust
-    table["nns"] = row(0.93, 0.30)
+    table = {"product": row(0.97, 0.6, shift=1.0), "product_shift5": row(0.95, 0.6, shift=0.7),
+             "nns": row(0.93, 0.6, shift=0.2)}
+    assert choose(table, config) == "nns"  # 1.0 and 0.7 > 2 x 0.2 + 0.25: only NNS is robust
+    table["nns"] = row(0.93, 0.6, shift=0.4)
     assert choose(table, config) == "product"  # all robust: the most sensitive
-    table["product"] = row(0.952, 0.60)
+    table["product"] = row(0.9515, 0.6, shift=1.0)
     assert choose(table, config) == "product"  # within the tie margin of 0.95: the earlier one
-    table["product"] = row(0.94, 0.60)
+    table["product"] = row(0.947, 0.6, shift=1.0)
     assert choose(table, config) == "product_shift5"
 
 
-def test_the_rule_drops_a_candidate_whose_good_scores_move_several_times_more():
-    """Every false-alarm rate saturated (a strict threshold), yet the product's good parts move
-    three times as far towards it under the nuisance changes: not robust."""
-    config = FitConfig()
-    table = {"product": row(0.97, 0.9, shift=1.5), "nns": row(0.93, 0.9, shift=0.5)}
-    assert choose(table, config) == "nns"  # 1.5 > 2 x 0.5 + 0.25
-    table["product"] = row(0.97, 0.9, shift=1.2)
-    assert choose(table, config) == "product"
+def test_the_false_alarm_rate_is_reported_not_used():
+    """A candidate that finds little can flag the fewest changed goods (the Gaussian on the
+    generated scene of BENCHMARKS.md); the saturating rate must not push better ones out."""
+    table = {"product": row(0.97, 0.5, shift=0.5), "gaussian": row(0.90, 0.1, shift=0.4)}
+    assert choose(table, FitConfig()) == "product"
 
 
 def test_resolve_names_what_to_validate():
@@ -90,18 +88,19 @@ def test_a_small_folder_falls_back_to_the_product_and_says_so(tmp_path, tiny_dat
 
 
 @pytest.mark.slow
-def test_unfixtured_bottles_make_auto_leave_the_plain_per_position_gaussian(tmp_path):
-    """Real bottles, every image (train and test) shifted by up to 5 %: a line without a fixture.
-    The per-position Gaussian at shift tolerance 0 is the wrong model there (measured:
-    BENCHMARKS.md, "Issue 16"); the validation must rank it below a position-tolerant candidate
-    and auto must publish one."""
-    data = make_variant(shared_category("mvtec_ad", "bottle"), tmp_path / "bottle-shift", "shift")
-    report = fit(data, "shifted", tmp_path / "arts", FitConfig())
+@pytest.mark.parametrize(("kind", "right"), [("shift", "product_shift5"), ("scene", "nns")])
+def test_auto_picks_the_candidate_that_is_clearly_right(tmp_path, kind, right):
+    """Real bottles made into two lines where the plain per-position Gaussian is wrong (measured
+    on the real test: BENCHMARKS.md, "Issue 16"): every image shifted by up to 5 % (no fixture;
+    ``product_shift5`` is best on all three metrics), and an unfixtured part on a noisy dark
+    background (NNS is best; the Gaussian alone loses 0.2 pixel AUROC)."""
+    data = make_variant(shared_category("mvtec_ad", "bottle"), tmp_path / kind, kind)
+    report = fit(data, kind, tmp_path / "arts", FitConfig())
     selection = load_artifact(report.artifact).manifest.fit.selection
     table = selection["candidates"]
     assert selection["mode"] == "auto"
-    assert table["product_shift5"]["sensitivity"] > table["product"]["sensitivity"], table
-    assert selection["chosen"] in {"product_shift2", "product_shift5", "nns"}, selection["chosen"]
+    assert table[right]["sensitivity"] > table["product"]["sensitivity"], table
+    assert selection["chosen"] == right, {n: (r["sensitivity"], r["nuisance_shift"]) for n, r in table.items()}
 
 
 def test_labelled_defects_join_the_validation(tmp_path, tiny_data):

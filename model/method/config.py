@@ -153,13 +153,11 @@ class SelectionConfig:
     max_images: int = 32  # held-out goods that get synthetic defects and nuisance copies
     defects_per_image: int = 1
     nuisances_per_image: int = 2
-    # Robust: a nuisance false-alarm rate at most far_ratio x the lowest one + far_margin, and a
-    # nuisance shift (paired, in units of the goods' margin to the threshold) at most
-    # far_ratio x the lowest one + shift_margin.
-    far_ratio: float = 2.0
-    far_margin: float = 0.05
+    # Robust: a nuisance shift (paired, in units of the goods' margin to the threshold) at most
+    # shift_ratio x the lowest one + shift_margin.
+    shift_ratio: float = 2.0
     shift_margin: float = 0.25
-    tie_margin: float = 0.005  # sensitivities this close count as equal
+    tie_margin: float = 0.002  # sensitivities this close count as equal
     weak_sensitivity: float = 0.8  # below this the fit warns that the chosen scoring validates weakly
     fragile_far: float = 0.5  # above this nuisance false-alarm rate it warns too
     min_holdout: int = 8  # fewer held-out goods: no choice, the default candidate, recorded as a fallback
