@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.jobs.dataset import list_images, list_test_set  # noqa: E402
 from model.jobs.evaluate import evaluate  # noqa: E402
 from model.runtime.imageio import preprocess, preprocess_on_device, read_image  # noqa: E402
-from model.runtime.inspector import PRECISIONS, Inspector  # noqa: E402
+from model.runtime.execution import PRECISIONS  # noqa: E402
+from model.runtime.inspector import Inspector  # noqa: E402
+from model.runtime.process import configure_device  # noqa: E402
 
 
 def scores_and_maps(inspector: Inspector, images: list[np.ndarray], batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +86,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    configure_device("cuda")  # TF32 off, as the server does at start-up
     inspector = Inspector.from_artifact(args.artifact, "cuda")
     images = [read_image(str(s.path)) for s in list_test_set(args.data)[0]]
     result: dict = {"device": torch.cuda.get_device_name(0), "precisions": {}}

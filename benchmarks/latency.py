@@ -34,6 +34,7 @@ from model.jobs.dataset import list_images  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
 from model.runtime.imageio import read_image  # noqa: E402
 from model.runtime.inspector import Inspector  # noqa: E402
+from model.runtime.process import configure_device  # noqa: E402
 from cli.synthetic import generate_category  # noqa: E402
 
 
@@ -108,6 +109,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    configure_device(args.device)  # TF32 off on CUDA, as the server does at start-up
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     overrides = {"backbone.weights": args.weights}
     overrides.update({k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)})

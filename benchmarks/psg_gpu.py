@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.method.config import FitConfig  # noqa: E402
 from model.artifact.store import read_manifest  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
+from model.runtime.process import configure_device  # noqa: E402
 
 PAPER = {"psg.enabled": True, "psg.max_steps": 0, "psg.epochs": 64, "psg.batch_size": 32}
 
@@ -36,6 +37,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     overrides = {**PAPER, **{k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}}
     config = FitConfig().with_overrides(overrides)
+    configure_device(args.device)  # as the CLI does before a fit
     with tempfile.TemporaryDirectory() as tmp:
         report = fit(args.data, "psg", tmp, config, device=args.device)
         shutil.copy(report.artifact / "backbone.safetensors", args.out)

@@ -33,13 +33,6 @@ def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def load_config(config_file: str | None, overrides: list[str]):
     """A ``FitConfig`` from an optional JSON file plus ``--set key=value`` overrides."""
     from model.method.config import FitConfig
@@ -58,9 +51,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from model.jobs.dataset import list_defects
     from model.jobs.fit import fit
     from model.jobs.host import keep_freed_memory
+    from model.runtime.process import configure_device
 
     config = load_config(args.config, args.set)
     keep_freed_memory()  # process-wide: glibc keeps freed memory for the next training step
+    configure_device(args.device)  # calibrate with the math that serves (TF32 off on CUDA)
     defects = list_defects(args.defects) if args.defects else ()
     report = fit(args.data, args.category, args.artifacts, config, device=args.device, progress=_progress,
                  defects=defects, skip_bad_images=args.skip_bad_images)
@@ -196,7 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _set_threads(args.threads)
+    if args.threads:
+        from model.runtime.process import set_torch_threads
+
+        set_torch_threads(args.threads)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as exc:

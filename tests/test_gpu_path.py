@@ -11,6 +11,7 @@ import torch
 
 from model.runtime.imageio import preprocess, preprocess_on_device, resize_rgb, resize_weights, stage
 from model.runtime.inspector import Inspector, check_precision
+from model.runtime.process import configure_device
 
 CPU = torch.device("cpu")
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -93,7 +94,30 @@ def _scores_and_maps(inspector: Inspector, images: list[np.ndarray]) -> tuple[np
     return np.array([r.score for r in results]), np.stack([r.anomaly_map for r in results])
 
 
+@pytest.fixture
+def exact_cuda_math():
+    """What a serving or evaluating process does at start-up on CUDA (``configure_device``),
+    undone afterwards so the switch does not leak into other tests."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    configure_device("cuda")
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_configure_device_switches_tf32_off_for_cuda_only():
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        configure_device("cpu")
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        configure_device("cuda")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 @needs_cuda
+@pytest.mark.usefixtures("exact_cuda_math")
 def test_cuda_fp32_agrees_with_cpu(tiny_artifacts):
     images = [camera_like(300, 300, s) for s in range(3)]
     cpu = _scores_and_maps(Inspector.from_artifact(tiny_artifacts / "alpha"), images)
@@ -103,6 +127,7 @@ def test_cuda_fp32_agrees_with_cpu(tiny_artifacts):
 
 
 @needs_cuda
+@pytest.mark.usefixtures("exact_cuda_math")
 def test_cuda_graphs_equal_eager(tiny_artifacts):
     inspector = Inspector.from_artifact(tiny_artifacts / "alpha", "cuda")
     images = [camera_like(300, 300, s) for s in range(2)]
