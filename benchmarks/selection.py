@@ -10,7 +10,7 @@ Per candidate it reports the validation figures, the real image AUROC / pixel AU
 the real false-alarm rate on the test goods at the threshold calibration would set (target
 false-alarm rate on the held-out goods), what the rule chose, and the Spearman rank
 correlation between the validation sensitivity and the real mean of the three metrics.
-The raw validation scores go to ``<out>.npz`` so other rules can be tried without refitting.
+Other rules can be tried on the saved validation table (``choose`` reads only it).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from model.jobs.fit import split_holdout  # noqa: E402
 from model.jobs.host import keep_freed_memory  # noqa: E402
 from model.jobs.progress import silent_progress  # noqa: E402
 from model.jobs.selection import (  # noqa: E402
-    branches_needed, choose, figures, resolve, score_candidates, validation_images)
+    branches_needed, choose, resolve, score_candidates, validate, validation_images)
 from model.jobs.variant import fit_parts  # noqa: E402
 from model.method.config import FitConfig  # noqa: E402
 from model.reporting import metrics  # noqa: E402
@@ -80,8 +80,7 @@ def main() -> None:
     goods = [resize_rgb(read_image(str(f)), config.image_size) for f in hold_files]
     started = time.perf_counter()
     images = validation_images(goods, config)
-    scored = score_candidates(inspectors, images.all, config.batch_size)
-    table = {n: figures(*scored[n], images, config) for n in names}
+    table = validate(inspectors, images, config)
     validate_s = time.perf_counter() - started
     chosen = choose(table, config)
     real = real_rows(inspectors, table, args.data, config.image_size, config.batch_size)
@@ -94,9 +93,6 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    n_good, n_def = len(images.goods), len(images.defects)
-    np.savez_compressed(args.out.with_suffix(".npz"), kinds=np.array(images.nuisance_kinds), n_good=n_good,
-                        n_def=n_def, **{f"scores_{n}": scored[n][0] for n in names})
     print(f"{args.name}: chose {chosen}; gap to the best candidate {result['chosen_gap']}; "
           f"spearman {result['spearman']:.2f}")
     for n in names:

@@ -7,7 +7,6 @@ disconnect, port clash) run against a real ``python -m cli.main serve`` process.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import shutil
 import socket

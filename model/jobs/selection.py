@@ -223,6 +223,12 @@ def _valid(config: FitConfig, name: str) -> bool:
     return True
 
 
+def validate(inspectors: dict[str, Inspector], images: ValidationImages, config: FitConfig) -> dict[str, dict]:
+    """Every candidate's validation figures (name -> ``figures``), in the order of ``inspectors``."""
+    scored = score_candidates(inspectors, images.all, config.batch_size)
+    return {name: figures(*scored[name], images, config) for name in inspectors}
+
+
 def select_scoring(parts: Parts, config: FitConfig, goods: Sequence[Path], labelled: Sequence[Path],
                    labelled_masks: np.ndarray | None, device: str, watch: Timer) -> tuple[FitConfig, dict]:
     """The config to publish and the manifest's ``fit.selection`` record.
@@ -238,8 +244,7 @@ def select_scoring(parts: Parts, config: FitConfig, goods: Sequence[Path], label
     with watch.stage("validate"):
         decoded = [resize_rgb(read_image(str(f)), config.image_size) for f in [*goods, *labelled]]
         images = validation_images(decoded[: len(goods)], config, decoded[len(goods):], labelled_masks)
-        scored = score_candidates(inspectors, images.all, config.batch_size)
-        table = {n: figures(*scored[n], images, config) for n in names}
+        table = validate(inspectors, images, config)
     chosen = choose(table, config)
     record.update(chosen=chosen, candidates=table, warning=warning(table[chosen], chosen, config),
                   n_images={"goods": len(images.goods), "defects": len(images.defects),
