@@ -64,17 +64,27 @@ def cmd_fit(args: argparse.Namespace) -> int:
           "for calibration")
     for line in report.skipped:
         print(f"skipped    {line}")
-    psg = "on" if report.psg else "off"
-    if report.psg_selection:
-        blocks = ", ".join(f"{name} {' / '.join(map(_fmt, m.values()))}"
-                           for name, m in report.psg_selection["validation"].items())
-        psg += f", chosen on validation: {blocks} (image AUROC / pixel AUROC / AU-PRO)"
-    print(f"psg        {psg}")
     _print_selection(report.selection)
+    print(f"psg        {'on' if report.psg else 'off'}")
+    if report.psg_selection:
+        left_out = ", ".join(report.psg_selection["left_out"])
+        print(f"           chosen by the same rule, without the {left_out} defects PSG trains on:")
+        _print_table(report.psg_selection)
     print(f"bank       {report.bank_size} vectors (of {report.n_patches} patches)")
     print(f"size       {report.artifact_bytes / 1e6:.1f} MB")
     print("seconds    " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
     return 0
+
+
+def _print_table(selection: dict) -> None:
+    """A choice's validation table (candidate -> figures), the chosen row starred."""
+    table = selection.get("candidates") or {}
+    if table:
+        print(f"           {'candidate':<16} {'image':>7} {'pixel':>7} {'AU-PRO':>7} {'sens.':>7} {'shift':>6}")
+        for name, row in table.items():
+            mark = "*" if name == selection["chosen"] else " "
+            print(f"         {mark} {name:<16} {_fmt(row['image_auroc']):>7} {_fmt(row['pixel_auroc']):>7} "
+                  f"{_fmt(row['au_pro']):>7} {_fmt(row['sensitivity']):>7} {row['nuisance_shift']:>6.2f}")
 
 
 def _print_selection(selection: dict | None) -> None:
@@ -84,13 +94,7 @@ def _print_selection(selection: dict | None) -> None:
     print(f"scoring    {selection['chosen'] or 'as configured'} ({selection['mode']})")
     if selection.get("fallback"):
         print(f"           {selection['fallback']}")
-    table = selection.get("candidates") or {}
-    if table:
-        print(f"           {'candidate':<16} {'image':>7} {'pixel':>7} {'AU-PRO':>7} {'sens.':>7} {'nuis. FAR':>9}")
-        for name, row in table.items():
-            mark = "*" if name == selection["chosen"] else " "
-            print(f"         {mark} {name:<16} {_fmt(row['image_auroc']):>7} {_fmt(row['pixel_auroc']):>7} "
-                  f"{_fmt(row['au_pro']):>7} {_fmt(row['sensitivity']):>7} {row['nuisance_far']:>9.3f}")
+    _print_table(selection)
     if selection.get("warning"):
         print(f"WARNING    {selection['warning']}")
 

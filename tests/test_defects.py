@@ -18,7 +18,8 @@ from model.method.calibration import calibrate_with_defects
 from model.method.config import FitConfig
 from model.jobs.dataset import file_sha256, list_defects
 from model.jobs.evaluate import evaluate
-from model.jobs.fit import fit, prefer_psg
+from model.jobs import selection
+from model.jobs.fit import fit
 from model.jobs.variant import build_feature_path
 from model.runtime.inspector import Inspector
 from service.app import create_app
@@ -67,13 +68,23 @@ def test_f1_thresholds_separate_goods_and_defects():
     assert np.mean(maps[:6] > no_masks.pixel) == pytest.approx(0.01, abs=0.005)
 
 
-def test_prefer_psg_is_the_mean_of_the_defined_deltas():
-    base = {"image_auroc": 0.90, "pixel_auroc": 0.80, "au_pro": 0.70}
-    assert prefer_psg(base, {"image_auroc": 0.89, "pixel_auroc": 0.83, "au_pro": 0.70})
-    assert not prefer_psg(base, {"image_auroc": 0.88, "pixel_auroc": 0.81, "au_pro": 0.70})
-    assert not prefer_psg(base, dict(base))
-    no_pixels = {"image_auroc": 0.90, "pixel_auroc": None, "au_pro": None}
-    assert prefer_psg(no_pixels, {"image_auroc": 0.91, "pixel_auroc": None, "au_pro": None})
+def test_the_psg_table_leaves_out_the_families_psg_trains_on():
+    """PSG trains on CutPaste and Scar: in its table only the other synthetic families count."""
+    config = FitConfig()
+    rng = np.random.default_rng(0)
+    goods = [rng.integers(60, 200, (64, 64, 3), dtype=np.uint8) for _ in range(12)]
+    images = selection.validation_images(goods, config.with_overrides({"selection.defects_per_image": 2}))
+    n_good, families = len(images.goods), np.array(images.defect_families)
+    n = len(images.all)
+    scores = np.ones(n)
+    scores[:n_good] = np.linspace(0.5, 1.5, n_good)
+    scores[n_good: n_good + len(families)] = np.where(np.isin(families, selection.PSG_FAMILIES), 9.0, 0.1)
+    maps = np.zeros((n, 64, 64), np.float32)
+    every = selection.figures(scores, maps, images, config)
+    other = selection.figures(scores, maps, images, config, leave_out=selection.PSG_FAMILIES)
+    assert every["image_auroc"] == pytest.approx(0.5, abs=0.01)  # half the defects found, half missed
+    assert other["image_auroc"] == 0.0  # only the missed families remain
+    assert set(families) - set(selection.PSG_FAMILIES)
 
 
 def test_psg_enabled_accepts_only_true_false_or_auto():
@@ -94,22 +105,26 @@ def test_auto_without_defects_is_nns_x_gaussian(tiny_data, tmp_path):
 @pytest.mark.parametrize("keep_psg", [False, True])
 def test_auto_with_defects_fits_both_and_publishes_the_chosen_one(tiny_data, tmp_path, defects, monkeypatch,
                                                                   keep_psg):
-    calls = []
+    calls, real_choose = [], selection.choose
 
-    def rule(without, with_psg):
-        calls.append((without, with_psg))
-        return keep_psg
+    def rule(table, config):
+        if set(table) != {"without_psg", "with_psg"}:
+            return real_choose(table, config)
+        calls.append(table)
+        return "with_psg" if keep_psg else "without_psg"
 
-    monkeypatch.setattr("model.jobs.fit.prefer_psg", rule)
+    monkeypatch.setattr("model.jobs.selection.choose", rule)
     config = tiny_config(**QUICK)
     report = fit(tiny_data, "auto", tmp_path, config, defects=defects)
     m = manifest_of(report)
-    selection = m["fit"]["psg_selection"]
-    assert len(calls) == 1 and selection["chosen"] == ("with_psg" if keep_psg else "without_psg")
-    assert [selection["validation"]["without_psg"], selection["validation"]["with_psg"]] == list(calls[0])
-    assert calls[0][0] != calls[0][1]  # the two variants score differently
+    record = m["fit"]["psg_selection"]
+    assert len(calls) == 1 and record["chosen"] == ("with_psg" if keep_psg else "without_psg")
+    assert record["candidates"] == calls[0] and record["left_out"] == ["cutpaste", "scar"]
+    assert calls[0]["without_psg"] != calls[0]["with_psg"]  # the two variants score differently
+    assert all("labelled" in row for row in calls[0].values())  # the labelled defects are in the table
     assert m["config"]["psg"]["enabled"] is keep_psg and report.psg is keep_psg
-    assert m["calibration"]["validation"] == selection["validation"][selection["chosen"]]
+    chosen_on_labelled = calls[0][record["chosen"]]["labelled"]
+    assert m["calibration"]["validation"] == pytest.approx(chosen_on_labelled, abs=1e-6)
     assert m["calibration"]["thresholds"]["method"] == "f1(image,pixel)"
     assert m["training"]["defects"]["sha256"] == [file_sha256(d.path) for d in defects]
     untrained, _, _ = build_feature_path(config.with_overrides({"psg.enabled": False}))
@@ -148,7 +163,8 @@ def test_cli_fit_with_defects_reports_the_choice(tiny_data, tmp_path, capsys):
 
     assert cli_main(fit_args(tiny_data)) == 0
     out = capsys.readouterr().out
-    assert "chosen on validation: without_psg" in out and ", with_psg " in out and "labelled defects" in out
+    assert "without the cutpaste, scar defects PSG trains on" in out and "labelled defects" in out
+    assert " without_psg " in out and " with_psg " in out
     assert cli_main(fit_args(tiny_data, "--set", "psg.enabled=maybe")) == 2
     assert "psg.enabled must be" in capsys.readouterr().err
     assert cli_main(fit_args(tmp_path / "none")) == 2

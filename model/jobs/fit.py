@@ -5,8 +5,8 @@ pass, NNS patches collected, Gaussian moments streamed), coreset (memory bank), 
 (inverse covariances) -- one ``Variant`` (``model.jobs.variant``) -- then calibrate
 (scores and maps of the held-out goods and labelled defects through the Inspector the
 server uses, then thresholds) and write (atomic publish). With ``psg.enabled="auto"`` and
-labelled defects, the stages up to calibrate run for both variants and the better one on
-those images is published.
+labelled defects, a PSG variant of the chosen scoring is fitted too, and the self-checking
+fit's rule (``model.jobs.selection``) decides which one is published.
 
 The CLI calls ``model.jobs.host.keep_freed_memory`` before a fit (a process-wide switch).
 """
@@ -17,6 +17,7 @@ import logging
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from model.artifact.manifest import (
 from model.artifact.store import artifact_size_bytes, validate_category, write_artifact
 from model.jobs.dataset import TestSample, file_sha256, fingerprint, list_images, read_mask, split_decodable
 from model.jobs.progress import ProgressFactory, silent_progress
-from model.jobs.selection import branches_needed, select_scoring
+from model.jobs.selection import branches_needed, load_validation_images, select_psg, select_scoring
 from model.jobs.variant import Variant, batches, fit_parts, fit_variant
 from model.method.calibration import Thresholds, calibrate_on_good, calibrate_with_defects, score_statistics
 from model.method.config import AUTO, FitConfig
@@ -43,9 +44,6 @@ from model.runtime.execution import Timer
 from model.runtime.inspector import Inspector
 
 log = logging.getLogger(__name__)
-
-PSG_RULE = "mean of the validation deltas (image AUROC, pixel AUROC, AU-PRO) > 0"
-
 
 @dataclass
 class FitReport:
@@ -129,47 +127,29 @@ def psg_variants(config: FitConfig, has_defects: bool) -> list[FitConfig]:
     return [off, config.with_overrides({"psg.enabled": True})] if has_defects else [off]
 
 
-def prefer_psg(without: dict[str, float | None], with_psg: dict[str, float | None]) -> bool:
-    """The selection rule: PSG is kept when the mean of its validation deltas (image AUROC,
-    pixel AUROC, AU-PRO; those defined) is positive. BENCHMARKS.md ("Third round") measured it."""
-    deltas = [with_psg[k] - v for k, v in without.items() if v is not None and with_psg[k] is not None]
-    return float(np.mean(deltas)) > 0
-
-
-def fit_candidates(config: FitConfig, fit_files: Sequence[Path], validation: Validation,
-                   defects: Sequence[TestSample], device: str, progress: ProgressFactory,
-                   watch: Timer) -> tuple[list[Candidate], dict]:
-    """The scoring chosen by the self-checking fit (``selection.select_scoring``), then every PSG
-    variant ``psg_variants`` asks for with that scoring, each scored on ``validation`` through its
-    Inspector. Returns the candidates and the scoring selection record."""
+def fit_chosen(config: FitConfig, fit_files: Sequence[Path], validation: Validation,
+               defects: Sequence[TestSample], device: str, progress: ProgressFactory,
+               watch: Timer) -> tuple[Candidate, dict, dict | None]:
+    """The variant to publish, scored on ``validation`` through its Inspector, with the records of
+    the two choices that made it: the scoring (``selection.select_scoring``) and, when
+    ``psg_variants`` asks for both, PSG (``selection.select_psg``), on the same validation images."""
     psg_configs = psg_variants(config, bool(defects))
     n_hold = len(validation.files) - len(defects)
-    parts = fit_parts(psg_configs[0], fit_files, device, progress, watch, *branches_needed(psg_configs[0], n_hold))
     labelled_masks = validation.masks[n_hold:] if validation.masks is not None else None
-    scoring, record = select_scoring(parts, psg_configs[0], validation.files[:n_hold], validation.files[n_hold:],
-                                     labelled_masks, device, watch)
-    variants = [parts.variant(scoring, watch)]
+    images = cache(lambda: load_validation_images(validation.files[:n_hold], validation.files[n_hold:],
+                                                  labelled_masks, config))
+    parts = fit_parts(psg_configs[0], fit_files, device, progress, watch, *branches_needed(psg_configs[0], n_hold))
+    scoring, selection = select_scoring(parts, psg_configs[0], n_hold, images, device, watch)
+    variant, psg_selection = parts.variant(scoring, watch), None
     if len(psg_configs) == 2:
-        variants.append(fit_variant(scoring.with_overrides({"psg.enabled": True}), fit_files, device, progress, watch))
-    candidates = []
-    for variant in variants:
-        with watch.stage("calibrate"):
-            scores, maps = inspect_files(variant.inspector(device), validation.files, progress, "calibrate")
-        block = metrics.metric_block(scores, validation.labels, maps, validation.masks) if defects else None
-        candidates.append(Candidate(variant, scores, maps, block))
-    return candidates, record
-
-
-def choose_psg(candidates: list[Candidate]) -> int:
-    """Index of the candidate to publish: with two (without and with PSG), ``prefer_psg`` decides."""
-    return 1 if len(candidates) == 2 and prefer_psg(candidates[0].block, candidates[1].block) else 0
-
-
-def psg_selection(candidates: list[Candidate], chosen: int) -> dict | None:
-    if len(candidates) != 2:
-        return None
-    return {"rule": PSG_RULE, "validation": {"without_psg": candidates[0].block, "with_psg": candidates[1].block},
-            "chosen": "with_psg" if chosen else "without_psg"}
+        with_psg = fit_variant(scoring.with_overrides({"psg.enabled": True}), fit_files, device, progress, watch)
+        keep, psg_selection = select_psg(variant.inspector(device), with_psg.inspector(device), images(),
+                                         scoring, watch)
+        variant = with_psg if keep else variant
+    with watch.stage("calibrate"):
+        scores, maps = inspect_files(variant.inspector(device), validation.files, progress, "calibrate")
+    block = metrics.metric_block(scores, validation.labels, maps, validation.masks) if defects else None
+    return Candidate(variant, scores, maps, block), selection, psg_selection
 
 
 def calibrate(chosen: Candidate, validation: Validation, config: FitConfig, has_defects: bool) -> Thresholds:
@@ -215,7 +195,7 @@ def fit(
 
     ``defects``: labelled defect images (``dataset.list_defects``). With them, the
     thresholds maximise F1 on the held-out goods plus the defects, and ``psg.enabled="auto"``
-    keeps PSG only where it scores better there (``prefer_psg``). An image in ``train/good``
+    keeps PSG only where the self-checking fit's rule prefers it (``selection.select_psg``). An image in ``train/good``
     that does not decode stops the fit with an error naming it, unless ``skip_bad_images``:
     then every image is decoded once first and the bad ones are left out and recorded.
     """
@@ -232,9 +212,7 @@ def fit(
     log.info("fitting %s on %d images, %d held out, %d labelled defects", category, len(fit_files),
              len(hold_files), len(defects))
     validation = validation_set(hold_files, defects, config.image_size)
-    candidates, selection = fit_candidates(config, fit_files, validation, defects, device, progress, watch)
-    chosen = choose_psg(candidates)
-    best = candidates[chosen]
+    best, selection, psg_selection = fit_chosen(config, fit_files, validation, defects, device, progress, watch)
     with watch.stage("calibrate"):
         thresholds = calibrate(best, validation, config, bool(defects))
     manifest = Manifest(
@@ -251,7 +229,7 @@ def fit(
         fit=FitRecord(device=device, n_patches=best.variant.n_patches, bank_size=best.variant.bank_size,
                       seconds={k: round(v / 1000, 3) for k, v in watch.ms.items()},
                       psg=best.variant.psg.to_dict() if best.variant.psg is not None else None,
-                      psg_selection=psg_selection(candidates, chosen), selection=selection),
+                      psg_selection=psg_selection, selection=selection),
     )
     with watch.stage("write"):
         path = write_artifact(artifacts, category, manifest, best.variant.tensors())

@@ -13,9 +13,6 @@ Gaussians never saw:
   blurred / brightness-shifted patches, small to large), plus the labelled defects when the
   fit has some. Sensitivity is the mean of image AUROC, pixel AUROC and AU-PRO on the goods
   plus these defects; with labelled defects it is (synthetic + 2 x labelled) / 3;
-  PSG is not among these candidates: it is trained on CutPaste and Scar, two of the synthetic
-  families, which would flatter it; with labelled defects it is chosen on them alone, after
-  the scoring (``fit.prefer_psg``);
 * **robustness**: nuisance copies of the same goods (``model.method.nuisance``: brightness,
   contrast, gamma, noise, blur, shift, rotation, scale). The nuisance false-alarm rate is the
   fraction of them above the candidate's threshold: how far its good scores move under the
@@ -29,12 +26,18 @@ lighting or fixture. Among the robust ones the highest sensitivity wins, and a c
 within ``tie_margin`` of it that comes earlier in ``selection.candidates`` is preferred. The
 nuisance false-alarm rate is reported, not used: on 20-80 held-out goods it saturates and is
 coarse, and a candidate that finds nothing can have the lowest (BENCHMARKS.md, "Issue 16").
+
+PSG goes through the same mechanism (``select_psg``): with labelled defects and
+``psg.enabled="auto"``, the chosen scoring without and with PSG are the two candidates of a
+second table, on the same images and by the same rule (without PSG first, so a tie keeps
+it). PSG is trained on CutPaste and Scar, so in that table the synthetic sensitivity counts
+only the other families (``PSG_FAMILIES`` are left out for both rows).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +57,7 @@ from model.runtime.inspector import Inspector
 
 log = logging.getLogger(__name__)
 
+PSG_FAMILIES = ("cutpaste", "scar")  # the synthetic families PSG trains on (model.method.cutpaste)
 RULE = ("robust: nuisance shift <= shift_ratio x lowest + shift_margin; "
         "then the highest sensitivity (mean of image AUROC, pixel AUROC, AU-PRO on goods + defects); "
         "within tie_margin, the earlier candidate")
@@ -66,6 +70,7 @@ class ValidationImages:
     goods: list[np.ndarray]
     defects: list[np.ndarray]  # synthetic
     defect_masks: np.ndarray  # [Nd, S, S] bool
+    defect_families: list[str]  # synthetic_defects.FAMILIES, one per defect
     nuisance: list[np.ndarray]
     nuisance_kinds: list[str]
     nuisance_sources: list[int]  # index into goods of each nuisance copy's source
@@ -89,6 +94,7 @@ def validation_images(goods: Sequence[np.ndarray], config: FitConfig, labelled: 
         goods=list(goods),
         defects=[image for _, image, _, _ in made],
         defect_masks=np.stack([mask for _, _, mask, _ in made]),
+        defect_families=[family for _, _, _, family in made],
         nuisance=[image for _, image, _ in nuisance],
         nuisance_kinds=[kind for _, _, kind in nuisance],
         nuisance_sources=[index for index, _, _ in nuisance],
@@ -118,13 +124,16 @@ def score_candidates(inspectors: dict[str, Inspector], images: Sequence[np.ndarr
     return {name: (np.concatenate(s), np.concatenate(m)) for name, (s, m) in out.items()}
 
 
-def figures(scores: np.ndarray, maps: np.ndarray, images: ValidationImages, config: FitConfig) -> dict:
-    """One candidate's validation figures from its scores and maps of ``images.all`` (in order)."""
+def figures(scores: np.ndarray, maps: np.ndarray, images: ValidationImages, config: FitConfig,
+            leave_out: Sequence[str] = ()) -> dict:
+    """One candidate's validation figures from its scores and maps of ``images.all`` (in order);
+    the synthetic defects of the families ``leave_out`` do not count."""
     n_good, n_def, n_nui = len(images.goods), len(images.defects), len(images.nuisance)
-    good, defect = slice(0, n_good), slice(n_good, n_good + n_def)
+    good = np.arange(n_good)
+    defect = n_good + np.flatnonzero([f not in leave_out for f in images.defect_families])
     nuisance, labelled = slice(n_good + n_def, n_good + n_def + n_nui), slice(n_good + n_def + n_nui, None)
     threshold = far_threshold(scores[good], config.calibration.image_false_alarm_rate)
-    synthetic = _against_goods(scores, maps, good, defect, images.defect_masks)
+    synthetic = _against_goods(scores, maps, good, defect, images.defect_masks[defect - n_good])
     flagged = scores[nuisance] > threshold
     moved = nuisance_shift(scores[good], scores[nuisance], images.nuisance_sources, threshold)
     kinds = {k: [i for i, kk in enumerate(images.nuisance_kinds) if kk == k] for k in dict.fromkeys(images.nuisance_kinds)}
@@ -139,7 +148,7 @@ def figures(scores: np.ndarray, maps: np.ndarray, images: ValidationImages, conf
     return row
 
 
-def _against_goods(scores: np.ndarray, maps: np.ndarray, good: slice, defects: slice,
+def _against_goods(scores: np.ndarray, maps: np.ndarray, good: np.ndarray, defects: np.ndarray | slice,
                    masks: np.ndarray | None) -> dict[str, float | None]:
     """Image AUROC, pixel AUROC and AU-PRO of the ``defects`` against the ``good`` images
     (``masks [Nd, S, S]`` of the defects; the pixel metrics are None without them)."""
@@ -229,27 +238,47 @@ def validate(inspectors: dict[str, Inspector], images: ValidationImages, config:
     return {name: figures(*scored[name], images, config) for name in inspectors}
 
 
-def select_scoring(parts: Parts, config: FitConfig, goods: Sequence[Path], labelled: Sequence[Path],
-                   labelled_masks: np.ndarray | None, device: str, watch: Timer) -> tuple[FitConfig, dict]:
+def load_validation_images(goods: Sequence[Path], labelled: Sequence[Path], labelled_masks: np.ndarray | None,
+                           config: FitConfig) -> ValidationImages:
+    """``validation_images`` of the held-out goods' files and the labelled defects' files
+    (``labelled_masks [Nl, S, S]``, None without), decoded and resized to the model input."""
+    decoded = [resize_rgb(read_image(str(f)), config.image_size) for f in [*goods, *labelled]]
+    return validation_images(decoded[: len(goods)], config, decoded[len(goods):], labelled_masks)
+
+
+def select_scoring(parts: Parts, config: FitConfig, n_holdout: int, images: Callable[[], ValidationImages],
+                   device: str, watch: Timer) -> tuple[FitConfig, dict]:
     """The config to publish and the manifest's ``fit.selection`` record.
 
-    ``goods`` are the held-out good images' files, ``labelled`` the labelled defects' files and
-    ``labelled_masks [Nl, S, S]`` their masks (None without).
+    ``images`` gives the validation images; it is called only when there is a choice to make.
     """
-    names, record = resolve(config, len(goods))
+    names, record = resolve(config, n_holdout)
     if len(names) <= 1:
         record["chosen"] = names[0] if names else None
         return (config.with_scoring(names[0]) if names else config), record
     inspectors = {n: parts.variant(config.with_scoring(n), watch).inspector(device) for n in names}
     with watch.stage("validate"):
-        decoded = [resize_rgb(read_image(str(f)), config.image_size) for f in [*goods, *labelled]]
-        images = validation_images(decoded[: len(goods)], config, decoded[len(goods):], labelled_masks)
-        table = validate(inspectors, images, config)
+        shown = images()
+        table = validate(inspectors, shown, config)
     chosen = choose(table, config)
     record.update(chosen=chosen, candidates=table, warning=warning(table[chosen], chosen, config),
-                  n_images={"goods": len(images.goods), "defects": len(images.defects),
-                            "nuisance": len(images.nuisance), "labelled": len(images.labelled)})
+                  n_images={"goods": len(shown.goods), "defects": len(shown.defects),
+                            "nuisance": len(shown.nuisance), "labelled": len(shown.labelled)})
     log.info("scoring %s chosen of %s", chosen, names)
     if record["warning"]:
         log.warning("%s", record["warning"])
     return config.with_scoring(chosen), record
+
+
+def select_psg(without: Inspector, with_psg: Inspector, images: ValidationImages, config: FitConfig,
+               watch: Timer) -> tuple[bool, dict]:
+    """Whether to publish the PSG variant, and the manifest's ``fit.psg_selection`` record: the
+    two variants validated like the scoring candidates (``RULE``), without PSG's own families."""
+    with watch.stage("validate"):
+        scored = score_candidates({"without_psg": without}, images.all, config.batch_size)
+        scored.update(score_candidates({"with_psg": with_psg}, images.all, config.batch_size))
+        table = {name: figures(*scored[name], images, config, leave_out=PSG_FAMILIES) for name in scored}
+    chosen = choose(table, config)
+    log.info("PSG: %s chosen", chosen)
+    return chosen == "with_psg", {"rule": RULE, "left_out": list(PSG_FAMILIES), "candidates": table,
+                                  "chosen": chosen}
