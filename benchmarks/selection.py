@@ -6,7 +6,8 @@ its real test metrics, from one fit of the category.
 
 It runs the fit's own stages (split, one feature extraction, ``selection.select_scoring``'s
 validation) and then scores the real test set with every candidate from the same parts.
-Per candidate it reports the validation figures, the real image AUROC / pixel AUROC / AU-PRO,
+Per candidate it reports the validation figures (with its chosen image score and the real
+image AUROC of every image score it tried), the real image AUROC / pixel AUROC / AU-PRO,
 the real false-alarm rate on the test goods at the threshold calibration would set (target
 false-alarm rate on the held-out goods), what the rule chose, and the Spearman rank
 correlation between the validation sensitivity and the real mean of the three metrics.
@@ -31,7 +32,7 @@ from model.jobs.fit import split_holdout  # noqa: E402
 from model.jobs.host import keep_freed_memory  # noqa: E402
 from model.jobs.progress import silent_progress  # noqa: E402
 from model.jobs.selection import (  # noqa: E402
-    branches_needed, choose, resolve, score_candidates, validate, validation_images)
+    branches_needed, choose, fraction_scores, resolve, score_candidates, validate, validation_images)
 from model.jobs.variant import fit_parts  # noqa: E402
 from model.method.config import FitConfig  # noqa: E402
 from model.reporting import metrics  # noqa: E402
@@ -51,12 +52,16 @@ def real_rows(inspectors, table, data: Path, size: int, batch: int) -> dict[str,
     images = [resize_rgb(read_image(str(s.path)), size) for s in samples]
     labels = np.array([s.label for s in samples])
     masks = np.stack([read_mask(s, size) for s in samples]) if has_masks else None
-    scored = score_candidates(inspectors, images, batch)
+    scored = score_candidates(inspectors, images, batch)  # the inspectors score with the maximum
     rows = {}
-    for name, (scores, maps) in scored.items():
+    for name, (with_max, maps) in scored.items():
+        scores = fraction_scores(maps, table[name].get("top_fraction", 0.0))
         block = metrics.metric_block(scores, labels, maps if has_masks else None, masks)
+        block["image_auroc_by_fraction"] = {f: metrics.auroc(fraction_scores(maps, float(f)), labels)
+                                            for f in table[name].get("top_fractions", {})}
         far = float(np.mean(scores[labels == 0] > table[name]["threshold"]))
-        rows[name] = {**block, "good_far": far, "mean": float(np.mean([v for v in block.values() if v is not None]))}
+        rows[name] = {**block, "good_far": far,
+                      "mean": float(np.mean([block[m] for m in METRICS if block[m] is not None]))}
     return rows
 
 
@@ -97,7 +102,7 @@ def main() -> None:
           f"spearman {result['spearman']:.2f}")
     for n in names:
         v, r = table[n], real[n]
-        print(f"  {n:<15} val {v['sensitivity']:.4f} nuisFAR {v['nuisance_far']:.2f} shift {v['nuisance_shift']:.2f} | real "
+        print(f"  {n:<15} top {v.get('top_fraction', 0):<6} val {v['sensitivity']:.4f} nuisFAR {v['nuisance_far']:.2f} shift {v['nuisance_shift']:.2f} | real "
               + " / ".join(f"{r[m]:.4f}" for m in METRICS if r[m] is not None) + f"  goodFAR {r['good_far']:.2f}")
 
 

@@ -224,3 +224,12 @@ def test_keep_freed_memory_serves_large_blocks_from_the_heap():
         assert block and block < libc.sbrk(0)
     finally:
         libc.free(block)
+
+
+def test_image_score_is_the_mean_of_the_top_fraction():
+    m = torch.zeros(2, 10, 10)
+    m[0, 0, :5] = torch.tensor([9.0, 4.0, 3.0, 2.0, 1.0])
+    m[1, 5, 5] = 7.0
+    assert image_scores(m, 0.0).tolist() == [9.0, 7.0]
+    assert image_scores(m, 0.004).tolist() == [9.0, 7.0]  # under one pixel: the maximum
+    assert image_scores(m, 0.03).tolist() == pytest.approx([16 / 3, 7 / 3])

@@ -3,13 +3,14 @@ fallback, and a scene where one candidate is clearly right."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from benchmarks.variants import make_variant
 from model.artifact.store import load_artifact
 from model.jobs.dataset import list_defects
 from model.jobs.fit import fit
-from model.jobs.selection import choose, resolve
+from model.jobs.selection import choose, choose_top_fraction, resolve, validation_images
 from model.method.config import SCORING_CANDIDATES, FitConfig
 from tests.conftest import shared_category, tiny_config
 
@@ -40,6 +41,48 @@ def test_the_false_alarm_rate_is_reported_not_used():
     assert choose(table, FitConfig()) == "product"
 
 
+def _maps_with(hot_goods: bool, blob_defects: bool, size: int = 64) -> tuple[np.ndarray, object, FitConfig]:
+    """Validation maps of 16 goods with one hot pixel each (or none), nuisance copies equal to
+    their sources, and defects with a 1 % blob (or a single pixel) of a lower value."""
+    config = FitConfig().with_overrides({"image_size": size})
+    rng = np.random.default_rng(0)
+    goods = [rng.integers(60, 200, (size, size, 3), dtype=np.uint8) for _ in range(16)]
+    images = validation_images(goods, config)
+    maps = rng.uniform(0.0, 0.1, (len(images.all), size, size)).astype(np.float32)
+    n_good, n_def = len(images.goods), len(images.defects)
+    for m in maps[:n_good]:
+        if hot_goods:
+            m[rng.integers(size), rng.integers(size)] = 10.0
+    maps[n_good + n_def:] = maps[images.nuisance_sources]  # the changes move no score: all robust
+    for m in maps[n_good: n_good + n_def]:
+        if blob_defects:
+            m[10:17, 10:16] = 5.0  # 42 pixels, 1 % of the map
+        else:
+            m[rng.integers(size), rng.integers(size)] = 5.0 + rng.uniform()
+    return maps, images, config
+
+
+def test_a_top_fraction_wins_where_single_hot_pixels_fool_the_maximum():
+    maps, images, config = _maps_with(hot_goods=True, blob_defects=True)
+    fraction, sweep = choose_top_fraction(maps, images, config)
+    assert sweep["0.0"]["image_auroc"] == 0.0 and fraction > 0 and sweep[str(fraction)]["image_auroc"] == 1.0
+    maps, images, config = _maps_with(hot_goods=False, blob_defects=False)
+    fraction, sweep = choose_top_fraction(maps, images, config)
+    assert fraction == 0.0 and set(sweep) == {str(f) for f in config.selection.top_fractions}
+    fixed = config.with_overrides({"postprocess.top_fraction": 0.01})
+    assert choose_top_fraction(maps, images, fixed) == (0.01, {})
+
+
+def test_top_fraction_must_be_auto_or_a_fraction():
+    assert FitConfig().postprocess.image_top_fraction == 0.0
+    assert FitConfig().with_overrides({"postprocess.top_fraction": 0.01}).postprocess.image_top_fraction == 0.01
+    for bad in ("most", -0.1, 0.9, True):
+        with pytest.raises(ValueError, match="top_fraction"):
+            FitConfig().with_overrides({"postprocess.top_fraction": bad})
+    with pytest.raises(ValueError, match="top_fractions"):
+        FitConfig().with_overrides({"selection.top_fractions": []})
+
+
 def test_resolve_names_what_to_validate():
     config = FitConfig()
     names, record = resolve(config, n_holdout=20)
@@ -62,6 +105,8 @@ def test_auto_records_every_candidate_and_publishes_the_chosen_one(tmp_path, tin
         assert set(figures["nuisance_far_by_kind"]) and figures["threshold"] > 0
     chosen = selection["chosen"]
     assert manifest.config.scoring == chosen
+    assert manifest.config.postprocess.top_fraction == selection["candidates"][chosen]["top_fraction"]
+    assert all(set(f["top_fractions"]) == {"0.0", "0.002", "0.01", "0.03"} for f in selection["candidates"].values())
     expected = FitConfig().with_scoring(chosen)
     assert manifest.config.nns.enabled == expected.nns.enabled
     assert manifest.config.gaussian.enabled == expected.gaussian.enabled
@@ -73,6 +118,7 @@ def test_a_forced_candidate_is_published_without_validation(tmp_path, tiny_data,
     report = fit(tiny_data, "forced", tmp_path, tiny_config(**{**AUTO, "scoring": name}))
     manifest = load_artifact(report.artifact).manifest
     assert manifest.fit.selection == {"mode": "forced", "chosen": name}
+    assert manifest.config.postprocess.top_fraction == 0.0  # no choice made: the maximum, recorded
     overrides = SCORING_CANDIDATES[name]
     assert manifest.config.gaussian.enabled == overrides["gaussian.enabled"]
     if name == "product_shift5":

@@ -2,7 +2,7 @@
 
 ``AnomalyMapCombiner`` upsamples each branch map to the model input size, multiplies
 them pixel-wise and smooths with a Gaussian (sigma 4 by default). The image score is
-the maximum of the final map (``image_scores``).
+the maximum of the final map, or the mean of its top fraction of pixels (``image_scores``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ class AnomalyMapCombiner(nn.Module):
         return self.smooth(final).squeeze(1)
 
 
-def image_scores(final: torch.Tensor) -> torch.Tensor:
-    """Image score ``[B]`` = max of the final map ``[B, S, S]``."""
-    return final.flatten(1).amax(1)
+def image_scores(final: torch.Tensor, top_fraction: float = 0.0) -> torch.Tensor:
+    """Image score ``[B]`` of the final map ``[B, S, S]``: the mean of its ``top_fraction`` highest
+    pixels (at least one), which is its maximum for 0."""
+    flat = final.flatten(1)
+    k = max(1, round(top_fraction * flat.shape[1]))
+    return flat.amax(1) if k == 1 else flat.topk(k, dim=1).values.mean(1)

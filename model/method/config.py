@@ -128,6 +128,15 @@ class FusionConfig:
 @dataclass
 class PostprocessConfig:
     sigma: float = 4.0  # Gaussian smoothing of the final map, in pixels of the model input
+    # The image score: the mean of this top fraction of the final map's pixels (0: its maximum).
+    # "auto": chosen per category by the self-checking fit from ``selection.top_fractions``
+    # (the maximum when no choice is made).
+    top_fraction: float | str = AUTO
+
+    @property
+    def image_top_fraction(self) -> float:
+        """``top_fraction`` as a number: "auto" not yet resolved by a fit means the maximum."""
+        return 0.0 if self.top_fraction == AUTO else float(self.top_fraction)
 
 
 @dataclass
@@ -161,6 +170,8 @@ class SelectionConfig:
     weak_sensitivity: float = 0.8  # below this the fit warns that the chosen scoring validates weakly
     fragile_far: float = 0.5  # above this nuisance false-alarm rate it warns too
     min_holdout: int = 8  # fewer held-out goods: no choice, the default candidate, recorded as a fallback
+    # Image scores tried per candidate (postprocess.top_fraction="auto"); 0, the maximum, first.
+    top_fractions: tuple[float, ...] = (0.0, 0.002, 0.01, 0.03)
 
 
 @dataclass
@@ -193,6 +204,12 @@ class FitConfig:
         unknown = set(self.selection.candidates) - set(SCORING_CANDIDATES)
         if unknown or not self.selection.candidates:
             raise ValueError(f"selection.candidates must name scoring candidates, not {sorted(unknown)}")
+        fractions = (*self.selection.top_fractions, self.postprocess.top_fraction)
+        if any(f != AUTO and not (isinstance(f, (int, float)) and 0 <= f <= 0.5) for f in fractions) \
+                or not self.selection.top_fractions:
+            raise ValueError(f"postprocess.top_fraction must be {AUTO!r} or a number in [0, 0.5], and "
+                             f"selection.top_fractions such numbers, got {self.postprocess.top_fraction!r} and "
+                             f"{self.selection.top_fractions!r}")
         if not (isinstance(self.psg.enabled, bool) or self.psg.enabled == AUTO):
             raise ValueError(f"psg.enabled must be true, false or {AUTO!r}, got {self.psg.enabled!r}")
 

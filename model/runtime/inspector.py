@@ -191,7 +191,7 @@ class Inspector:
             x = self.preprocess(images)
         final = self.maps(x, timer)
         with timer.stage("postprocess"):
-            scores = to_host(image_scores(final)).astype(np.float64)
+            scores = to_host(image_scores(final, self.config.postprocess.image_top_fraction)).astype(np.float64)
             maps = to_host(final)
         return scores, maps, {k: round(v, 3) for k, v in timer.ms.items()}
 
