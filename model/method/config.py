@@ -76,8 +76,8 @@ class PSGConfig:
 
     ``enabled``: true, false or "auto". PSG helps textured parts (magnetic tile) and costs
     aligned ones a little localisation (bottle), so "auto" decides per category: with
-    labelled defects (``fit --defects``) the fit builds the artifact with and without PSG
-    and keeps the one better on held-out goods plus those defects; without, PSG is off.
+    labelled defects (``fit --defects``) the fit builds the chosen scoring with and without
+    PSG and the self-checking fit's rule keeps one (``selection.select_psg``); without, PSG is off.
     """
 
     enabled: bool | str = AUTO
