@@ -98,6 +98,11 @@ class ManifestSummary(BaseModel):
     scoring: dict[str, Any] | None = Field(
         None, description="how the fit chose the scoring: mode (auto, forced, config, fallback), the chosen "
         "candidate, every candidate's validation figures, the rule, and any warning")
+    image_top_fraction: float = Field(0.0, description="the image score: 0 = the maximum of the map; f = the mean "
+                                      "of its top f of pixels (chosen with the scoring)")
+    psg_selection: dict[str, Any] | None = Field(
+        None, description="with labelled defects: the chosen scoring without and with PSG, validated by the same "
+        "rule, and the choice")
     skipped_images: list[str] = Field(default_factory=list, description="training images that did not decode "
                                       "and were left out (fit --skip-bad-images)")
 

@@ -154,6 +154,9 @@ def test_evaluate_leaves_out_the_fit_defects(tiny_data, tmp_path, defects):
     assert summary["labelled_defects"] == len(defects)
     assert summary["validation"] == inspector.manifest.calibration.validation
     assert summary["thresholds"]["method"] == "f1(image,pixel)"
+    record = inspector.manifest.fit.psg_selection
+    assert summary["psg_selection"] == record and set(record["candidates"]) == {"without_psg", "with_psg"}
+    assert summary["image_top_fraction"] == inspector.manifest.config.postprocess.top_fraction == 0.0  # fallback
 
 
 def test_cli_fit_with_defects_reports_the_choice(tiny_data, tmp_path, capsys):

@@ -50,6 +50,8 @@ def manifest_summary(manifest: Manifest) -> ManifestSummary:
         validation=manifest.calibration.validation,
         versions=manifest.versions,
         scoring=fit.selection,
+        image_top_fraction=config.postprocess.image_top_fraction,
+        psg_selection=fit.psg_selection,
         skipped_images=training.skipped,
     )
 
