@@ -290,12 +290,12 @@ def select_scoring(parts: Parts, config: FitConfig, n_holdout: int, images: Call
         return _with_top_fraction(chosen, chosen.postprocess.image_top_fraction), record
     inspectors = {n: parts.variant(config.with_scoring(n), watch).inspector(device) for n in names}
     with watch.stage("validate"):
-        shown = images()
-        table = validate(inspectors, shown, config)
+        made = images()
+        table = validate(inspectors, made, config)
     chosen = choose(table, config)
     record.update(chosen=chosen, candidates=table, warning=warning(table[chosen], chosen, config),
-                  n_images={"goods": len(shown.goods), "defects": len(shown.defects),
-                            "nuisance": len(shown.nuisance), "labelled": len(shown.labelled)})
+                  n_images={"goods": len(made.goods), "defects": len(made.defects),
+                            "nuisance": len(made.nuisance), "labelled": len(made.labelled)})
     log.info("scoring %s chosen of %s", chosen, names)
     if record["warning"]:
         log.warning("%s", record["warning"])
