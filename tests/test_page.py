@@ -90,3 +90,15 @@ def test_ci_installs_the_browser_and_the_test_extra_carries_playwright():
     assert any(d.startswith("playwright") for d in extra)
     ci = (REPO / ".ci" / "run").read_text()
     assert "install -y -qq chromium" in ci and "/usr/bin/chromium" in ci
+
+
+def test_without_a_browser_the_browser_tests_fail_on_ci_and_skip_elsewhere(monkeypatch, tmp_path):
+    from tests import browser
+
+    monkeypatch.setattr(browser, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="cannot run on CI: no Chromium"):
+        browser.require_browser()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        browser.require_browser()
