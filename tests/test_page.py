@@ -42,9 +42,11 @@ def test_the_page_loads_without_the_key_and_locks_down_its_sources(client):
 @pytest.mark.parametrize("name", sorted(FILES))
 def test_every_static_file_is_served_with_its_type(client, name):
     r = client.get(f"/static/{name}")
-    assert r.status_code == 200
-    expected = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}[FILES[name].suffix]
+    assert r.status_code == 200 and r.content == (STATIC / name).read_bytes()
+    expected = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}[(STATIC / name).suffix]
     assert r.headers["content-type"].startswith(expected)
+    again = client.get(f"/static/{name}", headers={"If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304 and not again.content
 
 
 def test_everything_the_page_loads_is_served_and_nothing_else_is():
