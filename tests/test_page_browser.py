@@ -98,6 +98,9 @@ def test_the_page_shows_a_real_defect_and_its_what_if_threshold(page, server):
         give_the_key(page)
     expect(page.locator("#recent-note")).to_contain_text("last 20 inspections of bottle")
     expect(page.locator("#report-body")).to_contain_text("tf_efficientnet_lite2")
+    unlabelled = page.evaluate("[...document.querySelectorAll('input, select')]"
+                               ".filter(e => e.labels.length === 0).map(e => e.id)")
+    assert unlabelled == []
 
     # A real broken bottle: verdict, score, the overlay and the region boxes.
     with page.expect_response(lambda r: "/inspect/bottle" in r.url) as answer:
@@ -126,12 +129,14 @@ def test_the_page_shows_a_real_defect_and_its_what_if_threshold(page, server):
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / f"page-{mode}-defect.png")  # what the operator sees first
 
-    # The what-if slider above the score: the server answers good; the stored threshold stays.
+    # The what-if slider, by keyboard, above the score: the server answers good; the stored
+    # threshold stays.
     slider = page.locator("#threshold")
     top = float(slider.get_attribute("max"))
     assert top > result["score"]
+    slider.focus()
     with page.expect_response(lambda r: "record=false" in r.url) as what_if:
-        slider.fill(slider.get_attribute("max"))
+        page.keyboard.press("End")
     assert what_if.value.status == 200 and f"threshold={slider.get_attribute('max')}" in what_if.value.url
     expect(page.locator("#verdict")).to_have_text(re.compile(r"GOOD"))
     expect(page.locator("#score-line")).to_contain_text("what-if threshold")

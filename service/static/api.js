@@ -47,9 +47,12 @@ export function forgetKey() {
   document.getElementById("forget-key").hidden = true;
 }
 
+export const KEY_GIVEN = "factory-inspect:key-given"; // a window event: requests refused before may retry
+
 function keepKey(key) {
   sessionStorage.setItem(STORAGE, key);
   document.getElementById("forget-key").hidden = false;
+  window.dispatchEvent(new Event(KEY_GIVEN));
 }
 
 function askKey(refused) {

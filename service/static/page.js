@@ -1,6 +1,6 @@
 // The page's wiring: health and categories, the inspect panel, recent and the category report.
 
-import { forgetKey, hasKey } from "./api.js";
+import { KEY_GIVEN, forgetKey, hasKey } from "./api.js";
 import { el } from "./format.js";
 import { HealthPanel } from "./health.js";
 import { InspectPanel } from "./inspect.js";
@@ -51,6 +51,8 @@ forget.addEventListener("click", () => {
   forgetKey();
   say("API key forgotten: the page asks again when the server needs it.");
 });
+
+window.addEventListener(KEY_GIVEN, () => recent.load(select.value || null)); // e.g. refused before a key was given
 
 const health = new HealthPanel(listCategories);
 health.refresh();
