@@ -22,7 +22,7 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.registry import Registry
-from service.routers import categories, health, inspect
+from service.routers import categories, health, inspect, page, recent
 from service.settings import Settings
 
 log = logging.getLogger("service.app")
@@ -50,7 +50,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=metrics, category_label=registry.metric_label)
     app.include_router(inspect.router)
     app.include_router(categories.router)
+    app.include_router(recent.router)
     app.include_router(health.router)
+    app.include_router(page.router)
     return app
 
 

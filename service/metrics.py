@@ -5,7 +5,8 @@ Names (all unprefixed, as scraped):
 * ``inspect_requests_total{category,status}``: inspect requests by HTTP status
 * ``inspect_errors_total{category,code}``: inspect error responses by error code
 * ``inspect_images_total{category}``: images scored
-* ``inspect_verdicts_total{category,verdict}``: ``good`` / ``defect`` per image
+* ``inspect_verdicts_total{category,verdict}``: ``good`` / ``defect`` per image (what-if re-asks,
+  ``record=false``, are not counted)
 * ``inspect_request_duration_seconds{category}``: inspect request wall time (histogram)
 * ``inspect_stage_duration_seconds{stage}``: per-stage server time (histogram)
 * ``inspect_batch_size``: images per inference call (histogram)
@@ -73,8 +74,10 @@ class Metrics:
         for stage, ms in timings_ms.items():
             self.stage_duration.labels(stage=stage).observe(ms / 1000.0)
 
+    def observe_images(self, category: str, count: int) -> None:
+        self.images.labels(category=category).inc(count)
+
     def observe_verdicts(self, category: str, anomalous: list[bool]) -> None:
-        self.images.labels(category=category).inc(len(anomalous))
         defects = sum(anomalous)
         if defects:
             self.verdicts.labels(category=category, verdict="defect").inc(defects)

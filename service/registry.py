@@ -23,6 +23,8 @@ from service.batching import Batcher
 from service.drift import Baseline, DriftSnapshot, DriftTracker
 from service.loading import ArtifactLoader
 from service.metrics import UNKNOWN_CATEGORY, Metrics
+from service.recent import RecentInspections
+from service.recent_store import RecentStore
 from service.settings import Settings
 
 log = logging.getLogger("service.registry")
@@ -49,6 +51,7 @@ class Category:
     loaded_at: datetime | None = None
     batcher: Batcher | None = None
     drift: DriftTracker = field(default_factory=DriftTracker)  # recent scores of the live artifact
+    recent: RecentInspections = field(default_factory=lambda: RecentInspections("", 0))  # for the page
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -67,6 +70,8 @@ class Registry:
         self._loader = ArtifactLoader(settings)
         self._categories: dict[str, Category] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._recent_store = (RecentStore(settings.recent_dir, settings.recent_dir_per_category)
+                              if settings.recent_dir is not None else None)
 
     @property
     def executor(self) -> ThreadPoolExecutor | None:
@@ -102,7 +107,7 @@ class Registry:
         if not names:
             log.warning("no categories found under %s", self.root)
         for name in names:
-            self._add(name)
+            await self._add(name)
         for name in names:
             await self._load_into(self._categories[name])
         self.loading_finished = True
@@ -117,8 +122,10 @@ class Registry:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    def _add(self, name: str) -> Category:
-        category = Category(name, drift=DriftTracker(self.settings.drift_window))
+    async def _add(self, name: str) -> Category:
+        """Register a new category (not loaded yet); its recent list starts from the disk store, if any."""
+        category = Category(name, drift=DriftTracker(self.settings.drift_window),
+                            recent=RecentInspections(name, self.settings.recent_per_category, self._recent_store))
         category.batcher = Batcher(
             name, lambda: category.inspector, self._executor, self.metrics,
             max_batch_size=self.settings.max_batch_size, max_wait_s=self.settings.max_wait_ms / 1000.0,
@@ -127,6 +134,10 @@ class Registry:
         category.batcher.start()
         self._categories[name] = category
         self.metrics.model_loaded.labels(category=name).set(0)
+        try:
+            await asyncio.to_thread(category.recent.restore)
+        except Exception:  # the page's history is no reason to refuse a category
+            log.exception("category %s: recent inspections not restored", name)
         return category
 
     async def _load_into(self, category: Category) -> Inspector | None:
@@ -163,7 +174,7 @@ class Registry:
         if category is None:
             if not await asyncio.to_thread((self.root / name).is_dir):
                 raise ReloadError(404, "unknown_category", f"no category {name!r}")
-            category = self._add(name)
+            category = await self._add(name)
         previous = category.artifact_id
         inspector = await self._load_into(category)
         if inspector is None:

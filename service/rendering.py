@@ -14,7 +14,7 @@ import numpy as np
 
 from model.serving import Verdict, colorize, overlay
 
-OUTPUT_CHOICES = frozenset({"heatmap", "mask", "overlay"})
+OUTPUT_CHOICES = frozenset({"heatmap", "mask", "overlay", "map"})
 DEFAULT_OUTPUTS = frozenset({"heatmap", "mask"})
 
 
@@ -48,7 +48,8 @@ def png_base64(image: np.ndarray, compression: int) -> str:
 
 
 def encode_images(image: np.ndarray, verdict: Verdict, vmax: float, options: RenderOptions) -> dict[str, str]:
-    """The requested PNGs of ``verdict`` over the decoded input ``image [H, W, 3]``.
+    """The requested PNGs of ``verdict`` over the decoded input ``image [H, W, 3]``: heatmap (JET),
+    mask, overlay, and map (the anomaly map in gray, for clients that colour it themselves).
 
     The heatmap's colour range is fixed per artifact, ``[0, vmax]`` (the server passes
     2 x the calibrated image threshold), so a colour means the same value in every image.
@@ -61,4 +62,11 @@ def encode_images(image: np.ndarray, verdict: Verdict, vmax: float, options: Ren
         out["mask"] = png_base64(verdict.mask.astype(np.uint8) * 255, options.png_compression)
     if "overlay" in options.outputs:
         out["overlay"] = png_base64(overlay(image, heat, verdict.mask), options.png_compression)
+    if "map" in options.outputs:
+        out["map"] = png_base64(gray_map(verdict.anomaly_map, vmax), options.png_compression)
     return out
+
+
+def gray_map(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
+    """Float map ``[H, W]`` -> ``uint8 [H, W]``: 0 at 0, 255 at ``vmax`` and above (the heatmap's range)."""
+    return np.round(np.clip(anomaly_map / max(vmax, 1e-12), 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -43,6 +43,14 @@ class ImageResult(Finite):
     )
     mask: str | None = Field(None, description="base64 PNG (8-bit gray, 255 = defect): map > pixel_threshold")
     overlay: str | None = Field(None, description="base64 PNG (RGB): heatmap blended on the input, mask outlined")
+    map: str | None = Field(
+        None, description="base64 PNG (8-bit gray): the anomaly map over [0, heatmap_max], 255 = heatmap_max or more "
+        "(for clients that colour it themselves, like the page)"
+    )
+    heatmap_max: float = Field(
+        description="top of the fixed colour range of heatmap, overlay and map (2 x calibrated image threshold); "
+        "the bottom is 0"
+    )
     regions: list[Region] = Field(description="defect regions of the mask in input pixels (bbox, area, peak), highest peak first")
     batch_size: int = Field(description="images in the inference call that scored this one")
     timings_ms: dict[str, float] = Field(
@@ -95,6 +103,9 @@ class ManifestSummary(BaseModel):
         None, description="image AUROC, pixel AUROC and AU-PRO on the held-out goods plus those defects"
     )
     versions: dict[str, str] = Field(default_factory=dict)
+    holdout_scores: dict[str, float] = Field(
+        default_factory=dict, description="raw image scores of the fit's held-out good parts: count, mean, std, min, "
+        "p50, p95, max")
     scoring: dict[str, Any] | None = Field(
         None, description="how the fit chose the scoring: mode (auto, forced, config, fallback), the chosen "
         "candidate, every candidate's validation figures, the rule, and any warning")
@@ -134,6 +145,28 @@ class DriftReport(Finite):
 class CategoryDetail(CategoryStatus):
     manifest: ManifestSummary | None = Field(None, description="summary of the live artifact's manifest")
     drift: DriftReport | None = Field(None, description="recent scores against the fit (null while not serving)")
+
+
+class RecentItem(Finite):
+    """One recent inspection (``service.recent``)."""
+
+    time: datetime = Field(description="when the result was recorded (UTC)")
+    filename: str | None = None
+    score: float
+    threshold: float = Field(description="image threshold of the verdict (calibrated, or the request's override)")
+    is_anomalous: bool
+    regions: int = Field(description="defect regions found")
+    artifact_id: str
+    request_id: str
+    thumbnail: str = Field(description="base64 JPEG of the input, at most 96 px on its longer side")
+
+
+class RecentList(BaseModel):
+    """The last inspections of a category, newest first."""
+
+    category: str
+    limit: int = Field(description="most inspections kept in memory (recent_per_category; 0: off)")
+    items: list[RecentItem]
 
 
 class ReloadResult(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.drift import MIN_SCORES
@@ -57,6 +57,17 @@ class Settings(BaseSettings):
         256, ge=MIN_SCORES, description="recent image scores per category compared with the fit's held-out goods"
     )
 
+    # The page's recent panel (service.recent)
+    recent_per_category: int = Field(
+        20, ge=0, le=1000, description="recent inspections kept in memory per category, with a small thumbnail (0: off)"
+    )
+    recent_dir: Path | None = Field(
+        None, description="also keep the recent inspections on disk under <recent_dir>/<category>/ (default: off)"
+    )
+    recent_dir_per_category: int = Field(
+        1000, ge=1, description="most inspections kept on disk per category (oldest removed first)"
+    )
+
     # Security
     api_key: SecretStr | None = Field(
         None, description="when set, /inspect and reload need 'Authorization: Bearer <api_key>'"
@@ -65,6 +76,12 @@ class Settings(BaseSettings):
         None, description="bearer key for the reload endpoint (default: api_key; neither set: loopback only)"
     )
     reload_on_sighup: bool = Field(True, description="SIGHUP reloads every category (main thread only)")
+
+    @field_validator("recent_dir", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        """``FACTORY_INSPECT_RECENT_DIR=`` (empty) means off, not the working directory."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
     def _reduced_precision_needs_cuda(self) -> Settings:

@@ -24,7 +24,7 @@ from model.runtime.inspector import Inspector
 from service.app import create_app
 from cli.main import main as cli_main
 from service.settings import Settings
-from tests.conftest import REPO, config_args, shared_category, tiny_config, wait_until
+from tests.conftest import REPO, bottle_config, bottle_subset, config_args, tiny_config, wait_until
 
 
 def test_artifact_has_manifest_hashes_and_no_pickle(tiny_artifacts):
@@ -218,23 +218,8 @@ def test_embedded_offline_weights_load_strictly():
 @pytest.mark.slow
 def test_real_bottle_subset_end_to_end(tmp_path):
     """Fit 40 real good bottles with the embedded backbone, evaluate on a real test subset."""
-    src = shared_category("mvtec_ad", "bottle")
-    data = tmp_path / "bottle"
-    (data / "train" / "good").mkdir(parents=True)
-    for f in sorted((src / "train" / "good").iterdir())[:40]:
-        os.symlink(f, data / "train" / "good" / f.name)
-    for defect in ("good", "broken_large", "contamination"):
-        (data / "test" / defect).mkdir(parents=True)
-        if defect != "good":
-            (data / "ground_truth" / defect).mkdir(parents=True)
-        for f in sorted((src / "test" / defect).iterdir())[:6]:
-            os.symlink(f, data / "test" / defect / f.name)
-            if defect != "good":
-                m = f"{f.stem}_mask.png"
-                os.symlink(src / "ground_truth" / defect / m, data / "ground_truth" / defect / m)
-    report = fit(data, "bottle", tmp_path / "arts", tiny_config(**{
-        "image_size": 256, "backbone.arch": "tf_efficientnet_lite2", "backbone.weights": "embedded",
-        "gaussian.dims": 72, "nns.coreset_ratio": 0.01}))
+    data = bottle_subset(tmp_path / "bottle", 40, {"good": 6, "broken_large": 6, "contamination": 6})
+    report = fit(data, "bottle", tmp_path / "arts", bottle_config())
     result = evaluate(Inspector.from_artifact(report.artifact), data)
     assert result["image_auroc"] >= 0.95
     assert result["pixel_auroc"] >= 0.9

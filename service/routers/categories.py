@@ -49,6 +49,7 @@ def manifest_summary(manifest: Manifest) -> ManifestSummary:
         labelled_defects=training.defects.n if training.defects is not None else 0,
         validation=manifest.calibration.validation,
         versions=manifest.versions,
+        holdout_scores=manifest.calibration.holdout_scores,
         scoring=fit.selection,
         image_top_fraction=config.postprocess.image_top_fraction,
         psg_selection=fit.psg_selection,

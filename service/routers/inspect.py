@@ -68,7 +68,7 @@ def render_options(
     settings: SettingsDep,
     threshold: Annotated[float | None, Query(gt=0, allow_inf_nan=False,
                                              description="image threshold override for this request")] = None,
-    outputs: Annotated[str, Query(max_length=64, description="comma list of heatmap, mask, overlay; or none")]
+    outputs: Annotated[str, Query(max_length=64, description="comma list of heatmap, mask, overlay, map; or none")]
     = "heatmap,mask",
 ) -> RenderOptions:
     try:
@@ -94,6 +94,9 @@ async def inspect_images(
     options: Annotated[RenderOptions, Depends(render_options)],
     settings: SettingsDep,
     metrics: MetricsDep,
+    record: Annotated[bool, Query(description="false: a what-if re-ask of images already inspected (the page's "
+                                              "threshold slider): not added to the recent list, the drift window "
+                                              "or the verdict counters")] = True,
 ) -> Response:
     rid = request_id_of(request)
     t0 = request.state.t0
@@ -119,8 +122,10 @@ async def inspect_images(
         _image_result(category.name, upload, s, fields, rid, stages.of_image(i, s))
         for i, (upload, s, (fields, _)) in enumerate(zip(uploads.items, scored, rendered, strict=True))
     ]
-    _observe(metrics, category.name, results, stages)
-    _record_drift(category, results)
+    _observe(metrics, category.name, results, stages, record)
+    if record:
+        _record_drift(category, results)
+        await _record_recent(category, images, results)
     if not uploads.batch:
         return _json(results[0])
     return _json(_build(BatchResult, category=category.name, artifact_id=results[0].artifact_id,
@@ -206,12 +211,13 @@ def _render(image: np.ndarray, s: Scored, options: RenderOptions) -> tuple[dict,
     verdict at the input's size, then its PNGs."""
     started = time.perf_counter()
     verdict = s.result.verdict(image.shape[:2], options.threshold, options.max_regions)
+    vmax = 2.0 * s.result.thresholds.image  # the fixed colour range of this artifact
     fields = {
         "width": verdict.width, "height": verdict.height, "score": verdict.score,
         "normalized_score": verdict.normalized_score, "threshold": verdict.threshold,
         "pixel_threshold": verdict.pixel_threshold, "is_anomalous": verdict.is_anomalous,
-        "regions": verdict.regions,
-        **encode_images(image, verdict, 2.0 * s.result.thresholds.image, options),
+        "regions": verdict.regions, "heatmap_max": vmax,
+        **encode_images(image, verdict, vmax, options),
     }
     return fields, (time.perf_counter() - started) * 1000.0
 
@@ -245,9 +251,23 @@ def _record_drift(category: Category, results: list[ImageResult]) -> None:
         category.drift.record([r.score for r in results if r.artifact_id == artifact_id], artifact_id)
 
 
-def _observe(metrics: Metrics, category: str, results: list[ImageResult], stages: _Stages) -> None:
-    """Verdict counters and one observation per stage (the batch stages of the first image)."""
-    metrics.observe_verdicts(category, [r.is_anomalous for r in results])
+async def _record_recent(category: Category, images: list[np.ndarray], results: list[ImageResult]) -> None:
+    """Each image's result and thumbnail into the category's recent list (and its disk store, if any),
+    in a worker thread. A failure here is logged and never fails the inspection."""
+    if not category.recent.enabled:
+        return
+    try:
+        await asyncio.to_thread(category.recent.record, images, results)
+    except Exception:
+        log.exception("request %s: recent inspections of %s not recorded", results[0].request_id, category.name)
+
+
+def _observe(metrics: Metrics, category: str, results: list[ImageResult], stages: _Stages, verdicts: bool) -> None:
+    """Images scored, verdict counters (unless a what-if re-ask) and one observation per stage (the
+    batch stages of the first image)."""
+    metrics.observe_images(category, len(results))
+    if verdicts:
+        metrics.observe_verdicts(category, [r.is_anomalous for r in results])
     per_stage = {k: v for k, v in results[0].timings_ms.items() if k not in ("decode", "encode")}
     per_stage.update(decode=sum(stages.decode), encode=sum(stages.encode))
     metrics.observe_stages(per_stage)
