@@ -132,7 +132,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {"artifacts": args.artifacts, "device": args.device, "runtime": args.runtime,
                  "precision": args.precision}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", timeout_keep_alive=5)
+    # h11 and asyncio whatever else is installed (ray[serve] brings httptools and uvloop): the
+    # limits and behaviours tests/test_reliability.py checks are h11's.
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", timeout_keep_alive=5,
+                http="h11", loop="asyncio")
     return 0
 
 

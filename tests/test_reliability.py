@@ -232,7 +232,7 @@ def _header_reply(port: int, size: int, end_held_back: bool) -> bytes:
 @pytest.mark.parametrize("size,end_held_back", [(20_000, True), (100_000, True), (1_000_000, False),
                                                 (8_000_000, False)])
 def test_oversized_request_header(server, size, end_held_back):
-    """uvicorn runs h11 here (no httptools): a header block over h11's 16 KiB incomplete-event
+    """The server runs uvicorn on h11 (``cmd_serve`` says so, httptools installed or not): a header block over h11's 16 KiB incomplete-event
     limit is refused with 400 as soon as the server has read over 16 KiB of it without its end:
     a held-back end, or a block too big for one socket read. Note: h11 only checks
     *incomplete* events, so a ~100 kB header that lands complete in one socket read is
