@@ -22,6 +22,7 @@ DEFAULT_OUTPUTS = frozenset({"heatmap", "mask"})
 class RenderOptions:
     outputs: frozenset[str] = DEFAULT_OUTPUTS
     threshold: float | None = None  # image threshold override
+    pixel_threshold: float | None = None  # mask threshold override
     max_regions: int = 32
     png_compression: int = 1
 

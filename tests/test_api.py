@@ -222,6 +222,20 @@ def test_threshold_override_flips_the_verdict(client, images):
     assert low["score"] == pytest.approx(high["score"], rel=1e-6)
 
 
+def test_pixel_threshold_override_moves_the_mask_only(client, images):
+    data = images[-1].read_bytes()
+    plain = post_file(client, "alpha", data, outputs="mask").json()
+    top = post_file(client, "alpha", data, outputs="mask", pixel_threshold=plain["heatmap_max"] * 100).json()
+    low = post_file(client, "alpha", data, outputs="mask", pixel_threshold=plain["pixel_threshold"] / 100).json()
+    assert top["pixel_threshold"] == pytest.approx(plain["heatmap_max"] * 100)
+    assert not decode_png_b64(top["mask"]).any() and top["regions"] == []
+    assert decode_png_b64(low["mask"]).sum() > decode_png_b64(plain["mask"]).sum()
+    assert top["is_anomalous"] == low["is_anomalous"] == plain["is_anomalous"] and top["score"] == plain["score"]
+    for bad in (0, -1, "nan", "inf"):
+        refused = post_file(client, "alpha", data, outputs="none", pixel_threshold=bad)
+        assert refused.status_code == 422, bad
+
+
 def test_outputs_select_the_images(client, images):
     data = png_bytes(images[0], size=(72, 40))
     none = post_file(client, "alpha", data, outputs="none").json()

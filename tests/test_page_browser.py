@@ -141,8 +141,22 @@ def test_the_page_shows_a_real_defect_and_its_what_if_threshold(page, server):
     expect(page.locator("#verdict")).to_have_text(re.compile(r"GOOD"))
     expect(page.locator("#score-line")).to_contain_text("what-if threshold")
     expect(page.locator("#threshold-note")).to_contain_text("The stored threshold is unchanged")
-    stored = httpx.get(f"{srv.base}/categories/bottle", timeout=30).json()["manifest"]["thresholds"]["image"]
-    assert stored == pytest.approx(result["threshold"])
+    expect(page.locator(".region-box")).to_have_count(len(result["regions"]))  # the mask did not move
+    stored = httpx.get(f"{srv.base}/categories/bottle", timeout=30).json()["manifest"]["thresholds"]
+    assert stored["image"] == pytest.approx(result["threshold"])
+
+    # The what-if pixel threshold at its top (above the score, which is the map's maximum for
+    # this artifact's image score): no mask, no region box; the stored one stays.
+    pixel = page.locator("#pixel-threshold")
+    assert float(pixel.get_attribute("max")) > result["score"]
+    pixel.focus()
+    with page.expect_response(lambda r: "pixel_threshold=" in r.url and "record=false" in r.url) as mask_if:
+        page.keyboard.press("End")
+    assert mask_if.value.status == 200 and mask_if.value.json()["regions"] == []
+    expect(page.locator(".region-box")).to_have_count(0)
+    expect(page.locator("#regions tbody")).to_contain_text("no region: the mask is empty")
+    expect(page.locator("#pixel-threshold-note")).to_contain_text("The stored pixel threshold is unchanged")
+    assert stored["pixel"] == pytest.approx(result["pixel_threshold"])
 
     # The recent panel lists the inspection once (the what-if re-ask is not recorded).
     items = page.locator("#recent-list .recent-item")

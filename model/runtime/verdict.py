@@ -97,16 +97,17 @@ class InspectionResult:
     batch_size: int = 1
 
     def verdict(self, size: tuple[int, int] | None = None, threshold: float | None = None,
-                max_regions: int = MAX_REGIONS) -> Verdict:
+                max_regions: int = MAX_REGIONS, pixel_threshold: float | None = None) -> Verdict:
         """The verdict with map and mask at ``size = (height, width)`` (default: the model's).
 
-        ``threshold`` overrides the image threshold; ``max_regions=0`` skips the regions.
+        ``threshold`` overrides the image threshold and ``pixel_threshold`` the mask's;
+        ``max_regions=0`` skips the regions.
         Raises ``NonFiniteResult`` when the score or the map holds NaN or infinity.
         """
         if not math.isfinite(self.score) or not np.isfinite(self.anomaly_map).all():
             raise NonFiniteResult(f"non-finite anomaly map from {self.artifact_id}")
         t_img = self.threshold if threshold is None else float(threshold)
-        t_pix = self.thresholds.pixel
+        t_pix = self.thresholds.pixel if pixel_threshold is None else float(pixel_threshold)
         height, width = size or self.anomaly_map.shape
         full = resize_map(self.anomaly_map, height, width)
         mask = full > t_pix

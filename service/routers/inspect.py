@@ -70,12 +70,15 @@ def render_options(
                                              description="image threshold override for this request")] = None,
     outputs: Annotated[str, Query(max_length=64, description="comma list of heatmap, mask, overlay, map; or none")]
     = "heatmap,mask",
+    pixel_threshold: Annotated[float | None, Query(gt=0, allow_inf_nan=False,
+                                                   description="mask (pixel) threshold override for this request")]
+    = None,
 ) -> RenderOptions:
     try:
         chosen = parse_outputs(outputs)
     except ValueError as exc:
         raise ApiError(422, "invalid_parameter", str(exc)) from exc
-    return RenderOptions(chosen, threshold, settings.max_regions, settings.png_compression)
+    return RenderOptions(chosen, threshold, pixel_threshold, settings.max_regions, settings.png_compression)
 
 
 @router.post(
@@ -210,7 +213,7 @@ def _render(image: np.ndarray, s: Scored, options: RenderOptions) -> tuple[dict,
     """One image's response fields (without ids and timings) and the encode time in ms: the
     verdict at the input's size, then its PNGs."""
     started = time.perf_counter()
-    verdict = s.result.verdict(image.shape[:2], options.threshold, options.max_regions)
+    verdict = s.result.verdict(image.shape[:2], options.threshold, options.max_regions, options.pixel_threshold)
     vmax = 2.0 * s.result.thresholds.image  # the fixed colour range of this artifact
     fields = {
         "width": verdict.width, "height": verdict.height, "score": verdict.score,

@@ -110,12 +110,14 @@ export async function call(path, init = {}) {
 }
 
 /** POST the files to /inspect/{category}; always answers a list of ImageResult. */
-export async function inspect(category, files, { threshold = null, outputs = "map,mask", record = true } = {}) {
+export async function inspect(category, files,
+  { threshold = null, pixelThreshold = null, outputs = "map,mask", record = true } = {}) {
   const form = new FormData();
   const field = files.length > 1 ? "files" : "file";
   for (const f of files) form.append(field, f, f.name || "pasted.png");
   const query = new URLSearchParams({ outputs });
   if (threshold !== null) query.set("threshold", String(threshold));
+  if (pixelThreshold !== null) query.set("pixel_threshold", String(pixelThreshold));
   if (!record) query.set("record", "false");
   const answer = await call(`/inspect/${encodeURIComponent(category)}?${query}`, { method: "POST", body: form });
   return files.length > 1 ? answer.results : [answer];

@@ -18,7 +18,9 @@ export class InspectPanel {
     this.onInspected = onInspected;
     this.viewer = new Viewer();
     this.legend = new Legend();
-    this.threshold = new ThresholdControl((t) => this.rethreshold(t));
+    this.threshold = new ThresholdControl("threshold", "image", (t) => this.rethreshold({ threshold: t }));
+    this.pixelThreshold = new ThresholdControl("pixel-threshold", "pixel",
+      (t) => this.rethreshold({ pixelThreshold: t }));
     this.category = null;
     this.reset();
     this.asked = 0; // the latest request wins: older answers are dropped
@@ -32,7 +34,7 @@ export class InspectPanel {
   }
 
   reset() {
-    Object.assign(this, { files: [], bitmaps: [], results: [], selected: 0, whatIf: null });
+    Object.assign(this, { files: [], bitmaps: [], results: [], selected: 0, whatIf: null, whatIfPixel: null });
     document.getElementById("result").hidden = true;
     document.getElementById("result-list").hidden = true;
     this.viewer.clear();
@@ -61,8 +63,10 @@ export class InspectPanel {
     }
     if (asked !== this.asked) return;
     const bitmaps = await Promise.all(files.map(bitmapOfFile));
-    Object.assign(this, { files, bitmaps, results, whatIf: null, calibrated: results[0].threshold });
-    this.threshold.configure(this.calibrated, results[0].pixel_threshold, Math.max(...results.map((r) => r.score)));
+    Object.assign(this, { files, bitmaps, results, whatIf: null, whatIfPixel: null, calibrated: results[0].threshold });
+    const topScore = Math.max(...results.map((r) => r.score)); // the map's maximum when the score is it
+    this.threshold.configure(this.calibrated, topScore);
+    this.pixelThreshold.configure(results[0].pixel_threshold, topScore);
     await this.select(0);
     say(`Inspected ${results.length} image${results.length > 1 ? "s" : ""} as ${this.category}: `
       + `${countDefects(results)} defect${countDefects(results) === 1 ? "" : "s"}.`);
@@ -88,13 +92,14 @@ export class InspectPanel {
       whatIf: this.whatIf });
   }
 
-  /** Ask again with a what-if threshold (null: the calibrated one), not recorded by the server. */
-  async rethreshold(threshold) {
+  /** Ask again with a what-if image or pixel threshold (null: the calibrated one; the other what-if
+   * stays), not recorded by the server. */
+  async rethreshold(change) {
     if (!this.files.length) return;
     const asked = ++this.asked;
-    const files = this.files;
+    const wanted = { threshold: this.whatIf, pixelThreshold: this.whatIfPixel, ...change };
     try {
-      const answer = await inspect(this.category, files, { threshold, outputs: "mask", record: false });
+      const answer = await inspect(this.category, this.files, { ...wanted, outputs: "mask", record: false });
       if (asked !== this.asked) return;
       this.results = answer.map((r, i) => ({ ...r, map: this.results[i].map })); // the map does not change
     } catch (err) {
@@ -102,12 +107,15 @@ export class InspectPanel {
       return;
     }
     clearErrors();
-    this.whatIf = threshold;
-    this.threshold.show(threshold);
+    Object.assign(this, { whatIf: wanted.threshold, whatIfPixel: wanted.pixelThreshold });
+    this.threshold.show(this.whatIf);
+    this.pixelThreshold.show(this.whatIfPixel);
     const r = this.results[this.selected];
     await this.viewer.setMask(r.mask, r.regions);
     this.showWords();
-    const level = threshold === null ? "the calibrated threshold" : `what-if threshold ${num(threshold)}`;
-    say(`At ${level}: ${r.filename || "this image"} is ${verdictWord(r)}; the stored threshold is unchanged.`);
+    const level = this.whatIf === null ? "the calibrated threshold" : `what-if threshold ${num(this.whatIf)}`;
+    const mask = this.whatIfPixel === null ? "" : ` (mask at what-if pixel threshold ${num(this.whatIfPixel)})`;
+    say(`At ${level}${mask}: ${r.filename || "this image"} is ${verdictWord(r)}, ${r.regions.length} region`
+      + `${r.regions.length === 1 ? "" : "s"}; the stored thresholds are unchanged.`);
   }
 }

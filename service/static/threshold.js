@@ -1,31 +1,38 @@
-// The what-if image threshold: a slider that re-asks the server (``?threshold=``, ``record=false``)
-// for the images on screen. It never changes the stored threshold, and the page says so.
+// The what-if thresholds: a slider for the image threshold (the verdict) and one for the pixel
+// threshold (the mask and regions). Each re-asks the server (``?threshold=`` or
+// ``?pixel_threshold=``, ``record=false``) for the images on screen. Neither changes a stored
+// threshold, and the page says so.
 
 import { niceCeil, num } from "./format.js";
 
+const WORDS = {
+  image: { what: "threshold", moves: "the verdict" },
+  pixel: { what: "pixel threshold", moves: "the mask and the regions" },
+};
+
 export class ThresholdControl {
-  /** ``onChange(threshold)``: a what-if value, or null for the calibrated threshold. */
-  constructor(onChange) {
-    this.slider = document.getElementById("threshold");
-    this.output = document.getElementById("threshold-value");
-    this.note = document.getElementById("threshold-note");
+  /** ``id``: the slider's element id (``-value``, ``-note``, ``-reset`` beside it); ``kind``: image or
+   * pixel; ``onChange(value)``: a what-if value, or null for the calibrated one. */
+  constructor(id, kind, onChange) {
+    this.slider = document.getElementById(id);
+    this.output = document.getElementById(`${id}-value`);
+    this.note = document.getElementById(`${id}-note`);
+    this.words = WORDS[kind];
     this.calibrated = null;
-    this.pixel = null;
     this.slider.addEventListener("input", () => this.show(Number(this.slider.value)));
     this.slider.addEventListener("change", () => onChange(Number(this.slider.value)));
-    document.getElementById("threshold-reset").addEventListener("click", () => {
+    document.getElementById(`${id}-reset`).addEventListener("click", () => {
       this.slider.value = String(this.calibrated);
       onChange(null);
     });
   }
 
-  /** A new set of images: the range covers twice the calibrated threshold and every score. */
-  configure(calibrated, pixel, maxScore) {
-    const max = niceCeil(Math.max(2 * calibrated, 1.25 * maxScore));
+  /** A new set of images: the range covers twice the calibrated value and ``top``. */
+  configure(calibrated, top) {
+    const max = niceCeil(Math.max(2 * calibrated, 1.25 * top));
     Object.assign(this.slider, { min: String(max / 500), max: String(max), step: String(max / 500) });
     this.slider.value = String(calibrated);
     this.calibrated = calibrated;
-    this.pixel = pixel;
     this.show(null);
   }
 
@@ -33,9 +40,8 @@ export class ThresholdControl {
     const value = whatIf ?? this.calibrated;
     this.output.textContent = whatIf === null ? `${num(value)} (calibrated)` : `${num(value)} (what-if)`;
     this.slider.setAttribute("aria-valuetext", this.output.textContent);
-    this.note.textContent = `The stored threshold is unchanged (calibrated: ${num(this.calibrated)}): moving the `
-      + "slider asks the server again for these images with this threshold, for this view only (not kept in "
-      + `Recent). The mask and regions follow the calibrated pixel threshold (${num(this.pixel)}), which the `
-      + "slider does not move.";
+    this.note.textContent = `The stored ${this.words.what} is unchanged (calibrated: ${num(this.calibrated)}): `
+      + `moving the slider asks the server again for these images with this value, for this view only (not kept `
+      + `in Recent). It moves ${this.words.moves} only.`;
   }
 }
