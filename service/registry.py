@@ -1,24 +1,33 @@
 """The served categories: loading at startup, atomic reloads, and per-category state.
 
-A category is ``loading``, ``ready`` (an inspector serves it) or ``failed`` (its
-artifact could not be loaded; it answers 503 while the others keep serving). A
-reload loads and warms the artifact now published at ``<root>/<category>`` off the
-event loop (``service.loading``), then swaps the inspector in one assignment: the
-batch that is running finishes on the old one, the next batch uses the new one. A
-failed reload leaves the old inspector serving.
+A category is ``loading``, ``ready`` (an inspector serves it), ``failed`` (its
+artifact could not be loaded; it answers 503 while the others keep serving) or, when
+categories load on demand, ``unloaded`` (published, not loaded in this process). A
+reload loads and warms the artifact now published (``<root>/<category>``, or the
+bucket's pointer) off the event loop (``service.loading``), then swaps the inspector in
+one assignment: the batch that is running finishes on the old one, the next batch uses
+the new one. A failed reload leaves the old inspector serving.
+
+**On demand** (the cluster deployment sets ``registry.demand``): start-up lists the
+published categories and loads none. Each request holds its category through
+``registry.use(category)``, which first awaits ``demand(name)`` (there: Ray Serve's
+multiplexed loader, which calls ``load`` and evicts the least recently used category
+through ``unload``). ``unload`` waits until no request holds the category, then drops
+its inspector, so an eviction never fails a request in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Literal
 
-from model.serving import ArtifactError, Inspector, list_categories, read_manifest
+from model.serving import ArtifactError, Inspector, open_source
 from service.batching import Batcher
 from service.drift import Baseline, DriftSnapshot, DriftTracker
 from service.loading import ArtifactLoader
@@ -27,7 +36,7 @@ from service.settings import Settings
 
 log = logging.getLogger("service.registry")
 
-State = Literal["loading", "ready", "failed"]
+State = Literal["loading", "ready", "failed", "unloaded"]
 
 
 class ReloadError(Exception):
@@ -50,10 +59,26 @@ class Category:
     batcher: Batcher | None = None
     drift: DriftTracker = field(default_factory=DriftTracker)  # recent scores of the live artifact
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # requests holding it (``Registry.use``)
+    released: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
     def artifact_id(self) -> str | None:
         return self.inspector.artifact_id if self.inspector is not None else None
+
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[Category]:
+        self.users += 1
+        try:
+            yield self
+        finally:
+            self.users -= 1
+            async with self.released:
+                self.released.notify_all()
+
+    async def wait_unused(self) -> None:
+        async with self.released:
+            await self.released.wait_for(lambda: self.users == 0)
 
 
 class Registry:
@@ -61,10 +86,11 @@ class Registry:
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
-        self.root = Path(settings.artifacts)
+        self.source = open_source(settings.artifacts, settings.artifact_cache)
         self.metrics = metrics
         self.loading_finished = False
-        self._loader = ArtifactLoader(settings)
+        self.demand: Callable[[str], Awaitable[object]] | None = None  # set: categories load on demand
+        self._loader = ArtifactLoader(settings, self.source)
         self._categories: dict[str, Category] = {}
         self._executor: ThreadPoolExecutor | None = None
 
@@ -78,6 +104,21 @@ class Registry:
     def get(self, name: str) -> Category | None:
         return self._categories.get(name)
 
+    async def find(self, name: str) -> Category | None:
+        """``get``, and on demand also a category published since start-up (one look at the source)."""
+        category = self._categories.get(name)
+        if category is None and self.demand is not None and await asyncio.to_thread(self._published, name):
+            category = self._categories.get(name) or self._add(name, "unloaded")
+        return category
+
+    @asynccontextmanager
+    async def use(self, category: Category) -> AsyncIterator[Category]:
+        """Hold ``category`` for one request (loaded first when categories load on demand)."""
+        if self.demand is not None:
+            await self.demand(category.name)
+        async with category.held():
+            yield category
+
     def all(self) -> list[Category]:
         return [self._categories[n] for n in sorted(self._categories)]
 
@@ -90,24 +131,45 @@ class Registry:
         return [(c.name, c.drift.snapshot()) for c in self.all() if c.inspector is not None]
 
     def is_ready(self) -> bool:
-        """Loading finished and at least one category serves."""
-        return self.loading_finished and any(c.state == "ready" for c in self._categories.values())
+        """Loading finished and at least one category serves (on demand: the source was listed)."""
+        serving = self.demand is not None or any(c.state == "ready" for c in self._categories.values())
+        return self.loading_finished and serving
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load every published category; a broken one is logged and marked failed."""
+        """Load every published category (on demand: list them); a broken one is logged and marked failed."""
         self._executor = ThreadPoolExecutor(self.settings.inference_workers, thread_name_prefix="inference")
-        names = await asyncio.to_thread(list_categories, self.root)
+        names = await asyncio.to_thread(self.source.categories)
         if not names:
-            log.warning("no categories found under %s", self.root)
+            log.warning("no categories found under %s", self.source.location)
         for name in names:
-            self._add(name)
-        for name in names:
-            await self._load_into(self._categories[name])
+            self._add(name, "unloaded" if self.demand is not None else "loading")
+        if self.demand is None:
+            for name in names:
+                await self._load_into(self._categories[name])
         self.loading_finished = True
         ready = sum(c.state == "ready" for c in self._categories.values())
-        log.info("serving %d of %d categories from %s", ready, len(names), self.root)
+        log.info("serving %d of %d categories from %s%s", ready, len(names), self.source.location,
+                 " (loaded on demand)" if self.demand is not None else "")
+
+    async def load(self, name: str) -> Category:
+        """Load ``name`` now (on demand); a failure leaves it ``failed`` (503) until a reload."""
+        category = self._categories.get(name) or self._add(name, "loading")
+        if category.inspector is None:
+            await self._load_into(category)
+        return category
+
+    async def unload(self, name: str) -> None:
+        """Evict ``name``: once no request holds it, drop its inspector (on demand)."""
+        category = self._categories.get(name)
+        if category is None:
+            return
+        await category.wait_unused()
+        async with category.lock:
+            category.inspector, category.state, category.error = None, "unloaded", None
+            self.metrics.model_loaded.labels(category=name).set(0)
+        log.info("category %s: unloaded", name)
 
     async def close(self) -> None:
         for category in self._categories.values():
@@ -117,8 +179,8 @@ class Registry:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    def _add(self, name: str) -> Category:
-        category = Category(name, drift=DriftTracker(self.settings.drift_window))
+    def _add(self, name: str, state: State = "loading") -> Category:
+        category = Category(name, state, drift=DriftTracker(self.settings.drift_window))
         category.batcher = Batcher(
             name, lambda: category.inspector, self._executor, self.metrics,
             max_batch_size=self.settings.max_batch_size, max_wait_s=self.settings.max_wait_ms / 1000.0,
@@ -155,13 +217,13 @@ class Registry:
     # -- reload policy ----------------------------------------------------------------------
 
     async def reload(self, name: str) -> tuple[str | None, str]:
-        """Reload one category from ``<root>/<name>``; a new published category is added.
+        """Reload one category from its source; a new published category is added.
 
         Returns the previous artifact id (``None`` for a new category) and the new one.
         """
         category = self._categories.get(name)
         if category is None:
-            if not await asyncio.to_thread((self.root / name).is_dir):
+            if not await asyncio.to_thread(self._published, name):
                 raise ReloadError(404, "unknown_category", f"no category {name!r}")
             category = self._add(name)
         previous = category.artifact_id
@@ -175,8 +237,12 @@ class Registry:
 
     async def reload_all(self) -> None:
         """Reload every category whose published artifact changed, and add newly published
-        ones (SIGHUP); failures are logged and leave the old artifact serving."""
-        names = sorted(set(self._categories) | set(await asyncio.to_thread(list_categories, self.root)))
+        ones (SIGHUP; on demand: only the categories loaded here, the others load when asked);
+        failures are logged and leave the old artifact serving."""
+        if self.demand is not None:
+            names = sorted(n for n, c in self._categories.items() if c.state != "unloaded")
+        else:
+            names = sorted(set(self._categories) | set(await asyncio.to_thread(self.source.categories)))
         log.info("reload requested: checking %d categories", len(names))
         for name in names:
             if await asyncio.to_thread(self._is_current, name):
@@ -192,6 +258,14 @@ class Registry:
         if category is None or category.inspector is None:
             return False
         try:
-            return read_manifest(self.root / name).artifact_id == category.artifact_id
-        except ArtifactError:
+            return self.source.published_id(name) == category.artifact_id
+        except Exception:  # unreadable now: let the reload say why
+            return False
+
+    def _published(self, name: str) -> bool:
+        """Blocking: the source has ``name`` (False when it cannot tell)."""
+        try:
+            return self.source.has(name)
+        except Exception as exc:
+            log.warning("cannot tell whether %s is published: %s", name, exc)
             return False
