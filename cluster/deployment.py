@@ -89,6 +89,21 @@ class HeldCategory:
             asyncio.run_coroutine_threadsafe(self.registry.unload(self.name), self.loop).result()
 
 
+class ReplicaHeader:
+    """Names the replica that answered in an ``X-Replica`` header (which one holds what)."""
+
+    def __init__(self, app, replica: str) -> None:
+        self.app, self.header = app, (b"x-replica", replica.encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        async def send_named(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_named if scope["type"] == "http" else send)
+
+
 def inspect_deployment(max_categories: int):
     """The deployment class, with the multiplexing bound ``max_categories`` fixed."""
     from ray import serve
@@ -108,6 +123,7 @@ def inspect_deployment(max_categories: int):
             app = create_app(self.settings)
             self.registry = app.state.registry
             self.registry.demand = self.category  # the lifespan then lists categories, loads none
+            app.add_middleware(ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
             return app
 
         @serve.multiplexed(max_num_models_per_replica=max_categories)

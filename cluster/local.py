@@ -131,7 +131,11 @@ class LocalCluster:
         _end(self.nodes.pop(ip))
 
     def stop(self) -> None:
-        """Workers first, then the head; the temporary folder goes with them."""
-        for ip in sorted(self.nodes, reverse=True):
-            self.stop_node(ip)
+        """Every node at once (each drains, then stops); the temporary folder goes with them."""
+        for proc in self.nodes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.nodes.values():
+            _end(proc)
+        self.nodes.clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
