@@ -131,11 +131,48 @@ class LocalCluster:
         _end(self.nodes.pop(ip))
 
     def stop(self) -> None:
-        """Every node at once (each drains, then stops); the temporary folder goes with them."""
+        """Every node at once (each drains, then stops), then any of the cluster's processes left
+        behind (an agent whose node went first); the temporary folder goes with them."""
         for proc in self.nodes.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.nodes.values():
             _end(proc)
         self.nodes.clear()
+        _end_pids(self._leftovers())
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def _leftovers(self) -> list[int]:
+        """Processes holding a file under this cluster's temporary folder (its logs): its own."""
+        mine = []
+        for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+            try:
+                if any(str(self.temp_dir) in os.readlink(fd) for fd in fd_dir.iterdir()):
+                    mine.append(int(fd_dir.parent.name))
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+        return [pid for pid in mine if pid != os.getpid()]
+
+
+def _end_pids(pids: list[int], grace: float = 10.0) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    for pid in pids:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
