@@ -118,12 +118,13 @@ class RemoteStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def publish(self, artifact: Path | str) -> str:
-        """Upload a local artifact folder as a new version, then move the pointer; returns its id."""
+    def publish(self, artifact: Path | str, category: str | None = None) -> str:
+        """Upload a local artifact folder as a new version of ``category`` (default: the one it
+        was fitted as), then move the pointer; returns its artifact id."""
         folder = Path(artifact).resolve()
         manifest = read_manifest(folder)
         verify_files(folder, manifest)  # never publish what a server would refuse
-        category = validate_category(manifest.category)
+        category = validate_category(category or manifest.category)
         version = self.key(category, VERSIONS, manifest.artifact_id)
         for name in manifest.files:
             self.client.upload_file(str(folder / name), self.bucket, f"{version}/{name}")
