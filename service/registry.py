@@ -32,6 +32,7 @@ from service.batching import Batcher
 from service.drift import Baseline, DriftSnapshot, DriftTracker
 from service.loading import ArtifactLoader
 from service.metrics import UNKNOWN_CATEGORY, Metrics
+from service.on_demand import OnDemand
 from service.settings import Settings
 
 log = logging.getLogger("service.registry")
@@ -81,7 +82,7 @@ class Category:
             await self.released.wait_for(lambda: self.users == 0)
 
 
-class Registry:
+class Registry(OnDemand):
     """Every category under ``settings.artifacts``, their inspectors and batchers."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
@@ -103,21 +104,6 @@ class Registry:
 
     def get(self, name: str) -> Category | None:
         return self._categories.get(name)
-
-    async def find(self, name: str) -> Category | None:
-        """``get``, and on demand also a category published since start-up (one look at the source)."""
-        category = self._categories.get(name)
-        if category is None and self.demand is not None and await asyncio.to_thread(self._published, name):
-            category = self._categories.get(name) or self._add(name, "unloaded")
-        return category
-
-    @asynccontextmanager
-    async def use(self, category: Category) -> AsyncIterator[Category]:
-        """Hold ``category`` for one request (loaded first when categories load on demand)."""
-        if self.demand is not None:
-            await self.demand(category.name)
-        async with category.held():
-            yield category
 
     def all(self) -> list[Category]:
         return [self._categories[n] for n in sorted(self._categories)]
@@ -152,24 +138,6 @@ class Registry:
         ready = sum(c.state == "ready" for c in self._categories.values())
         log.info("serving %d of %d categories from %s%s", ready, len(names), self.source.location,
                  " (loaded on demand)" if self.demand is not None else "")
-
-    async def load(self, name: str) -> Category:
-        """Load ``name`` now (on demand); a failure leaves it ``failed`` (503) until a reload."""
-        category = self._categories.get(name) or self._add(name, "loading")
-        if category.inspector is None:
-            await self._load_into(category)
-        return category
-
-    async def unload(self, name: str) -> None:
-        """Evict ``name``: once no request holds it, drop its inspector (on demand)."""
-        category = self._categories.get(name)
-        if category is None:
-            return
-        await category.wait_unused()
-        async with category.lock:
-            category.inspector, category.state, category.error = None, "unloaded", None
-            self.metrics.model_loaded.labels(category=name).set(0)
-        log.info("category %s: unloaded", name)
 
     async def close(self) -> None:
         for category in self._categories.values():
@@ -260,12 +228,4 @@ class Registry:
         try:
             return self.source.published_id(name) == category.artifact_id
         except Exception:  # unreadable now: let the reload say why
-            return False
-
-    def _published(self, name: str) -> bool:
-        """Blocking: the source has ``name`` (False when it cannot tell)."""
-        try:
-            return self.source.has(name)
-        except Exception as exc:
-            log.warning("cannot tell whether %s is published: %s", name, exc)
             return False

@@ -15,7 +15,6 @@ import base64
 import os
 import shutil
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -30,6 +29,7 @@ except ImportError:  # never a silent skip on CI: the cluster extra must be inst
         raise
     pytest.skip("ray is not installed: pip install -e '.[cluster,test]'", allow_module_level=True)
 
+from cli.main import main as cli_main
 from cluster import control
 from cluster.deployment import ClusterArgs
 from cluster.fit_many import fit_many
@@ -38,7 +38,7 @@ from model.artifact.remote import RemoteStore
 from model.jobs.fit import fit
 from service.app import create_app
 from service.settings import Settings
-from tests.conftest import tiny_config, wait_until
+from tests.conftest import config_args, tiny_config, wait_until
 from tests.s3 import moto_env, new_bucket, tamper_object, version_key  # noqa: F401
 from tests.test_api import test_images
 
@@ -177,18 +177,21 @@ def test_a_tampered_artifact_answers_503_for_its_category_only(service, url, buc
     assert inspect(service, "alpha", images[0]).status_code == 200
 
 
-def test_fit_many_runs_ray_tasks_and_reports_the_failed_category(cluster, bucket, tiny_data, tmp_path):
+def test_fit_many_runs_ray_tasks_and_reports_the_failed_category(cluster, bucket, tiny_data, tmp_path, capsys):
     root = tmp_path / "data"
     shutil.copytree(tiny_data, root / "tiles")
     (root / "broken" / "train" / "good").mkdir(parents=True)
     for i in range(12):
         (root / "broken" / "train" / "good" / f"{i}.png").write_bytes(b"not a png")
-    results = fit_many(root, f"s3://{bucket}/many", None, config=tiny_config(), address=cluster.address, num_cpus=0.5)
-    by_name = {r.category: r for r in results}
-    assert set(by_name) == {"broken", "tiles"}
-    assert by_name["tiles"].ok and by_name["tiles"].artifact_id.startswith("tiles-")
-    assert not by_name["broken"].ok and by_name["broken"].error
+    code = cli_main(["fit-many", "--data-root", str(root), "--artifacts", f"s3://{bucket}/many",
+                     "--address", cluster.address, "--cpus-per-fit", "0.5", *config_args(tiny_config())])
+    out = capsys.readouterr().out
+    assert code == 1, out  # one category failed
+    assert "ok      tiles" in out and "FAILED  broken" in out and "1 of 2 categories fitted; failed: broken" in out
     assert RemoteStore(f"s3://{bucket}/many").categories() == ["tiles"]
+    (result,) = fit_many(root, f"s3://{bucket}/many", ["tiles"], config=tiny_config(), address=cluster.address,
+                         num_cpus=0.5)
+    assert result.ok and result.artifact_id.startswith("tiles-") and result.location == f"s3://{bucket}/many/tiles"
 
 
 class Load:
