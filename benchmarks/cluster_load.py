@@ -8,9 +8,11 @@ server mode) and starts a two-node Ray cluster on loopback (``cluster.local``). 
 the same images (the demo's 36 test PNGs, 256x256, ``outputs=none``):
 
 1. throughput and client p50/p95 at concurrency 1, 8 and 32 (closed loop, ``--seconds``
-   each) against: the single-process server (``factory-inspect --threads 2 serve``); Ray Serve
-   with one replica (2 torch threads); Ray Serve with two replicas, one per node (1 thread
-   each). Requests to Ray carry ``serve_multiplexed_model_id``.
+   each) of Ray Serve with one replica (2 torch threads) and with two replicas, one per node
+   (1 thread each), each level measured right after the same level on the single-process
+   server (``factory-inspect --threads 2 serve``, running all along), so that both see the
+   same background load of a shared machine. Requests to Ray carry ``serve_multiplexed_model_id``.
+   The overhead per request without the model: 200 sequential ``GET /v2/health/live``.
 2. cold load: a category published after deployment, first request (the replica fetches it
    from the bucket, verifies the hashes, loads and warms it) against the next ones; and the
    fetch alone (download + verify, empty cache) in this process.
@@ -90,10 +92,6 @@ async def closed_loop(base: str, category: str, images: list[tuple[str, bytes]],
             "non_200": {str(k): v for k, v in statuses.items()}}
 
 
-def load(base: str, category: str, images, seconds: float, routed: bool) -> list[dict]:
-    return [asyncio.run(closed_loop(base, category, images, c, seconds, routed)) for c in LEVELS]
-
-
 def timed_post(base: str, category: str, image: tuple[str, bytes]) -> float:
     t = time.perf_counter()
     r = httpx.post(f"{base}/inspect/{category}", params={"outputs": "none"}, timeout=600,
@@ -102,18 +100,41 @@ def timed_post(base: str, category: str, image: tuple[str, bytes]) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-def single_process(root: Path, images, seconds: float, workdir: Path) -> list[dict]:
+def single_process(root: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(workdir / "serve.log", "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--threads", "2", "serve", "--artifacts", str(root),
                                  "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: _ready(f"http://127.0.0.1:{port}"), "the single-process server")
-        return load(f"http://127.0.0.1:{port}", "demo", images, seconds, routed=False)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+    wait_for(lambda: _ready(f"http://127.0.0.1:{port}"), "the single-process server")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def side_by_side(single: str, ray: str, images, seconds: float) -> list[dict]:
+    """Each level on the single-process server, then on Ray Serve."""
+    rows = []
+    for c in LEVELS:
+        one = asyncio.run(closed_loop(single, "demo", images, c, seconds, routed=False))
+        other = asyncio.run(closed_loop(ray, "demo", images, c, seconds, routed=True))
+        rows.append({"concurrency": c, "single": one, "ray": other,
+                     "throughput_ratio": round(other["images_per_s"] / max(one["images_per_s"], 1e-9), 2)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def overhead(single: str, ray: str, n: int = 200) -> dict:
+    """p50/p95 of ``GET /v2/health/live`` (no model): the serving path's own cost per request."""
+    out = {}
+    for name, base in (("single", single), ("ray", ray)):
+        with httpx.Client(base_url=base, timeout=60) as client:
+            client.get("/v2/health/live")
+            ms = []
+            for _ in range(n):
+                t = time.perf_counter()
+                client.get("/v2/health/live").raise_for_status()
+                ms.append((time.perf_counter() - t) * 1000)
+        out[name] = pct(ms)
+    return out
 
 
 def _ready(base: str) -> bool:
@@ -153,7 +174,7 @@ def main() -> None:
                  "images": f"{len(images)} demo test PNGs, 256x256, outputs=none"}
     moto = MotoServer(workdir / "moto.log")
     os.environ.update(moto.env())
-    cluster = None
+    cluster = server = None
     try:
         boto3.client("s3").create_bucket(Bucket="bench")
         url = "s3://bench/plant"
@@ -164,16 +185,14 @@ def main() -> None:
         RemoteSource(url, workdir / "fetch-cache").fetch("demo")
         out["fetch_ms"] = round((time.perf_counter() - t) * 1000, 1)
 
-        out["single_process"] = single_process(root, images, args.seconds, workdir)
-        print("single process", out["single_process"], flush=True)
+        server, single = single_process(root, workdir)
         cluster = LocalCluster(env=moto.env(), log_dir=workdir, cpus_per_node=2).start(workers=1)
         port = free_port()
         base = deploy(cluster, url, port, workdir, num_replicas=1, replica_cpus=1, settings={"torch_threads": 2})
-        out["ray_1_replica"] = load(base, "demo", images, args.seconds, routed=True)
-        print("ray 1 replica", out["ray_1_replica"], flush=True)
+        out["overhead_ms"] = overhead(single, base)
+        out["ray_1_replica"] = side_by_side(single, base, images, args.seconds)
         base = deploy(cluster, url, port, workdir, num_replicas=2, replica_cpus=2, settings={"torch_threads": 1})
-        out["ray_2_replicas"] = load(base, "demo", images, args.seconds, routed=True)
-        print("ray 2 replicas", out["ray_2_replicas"], flush=True)
+        out["ray_2_replicas"] = side_by_side(single, base, images, args.seconds)
 
         base = deploy(cluster, url, port, workdir, num_replicas=1, replica_cpus=1, max_categories_per_replica=2,
                       settings={"torch_threads": 2})
@@ -185,6 +204,9 @@ def main() -> None:
         three = [timed_post(base, c, images[i % len(images)]) for i, c in enumerate(["demo", "c1", "c2"] * 7)]
         out["lru_two_categories_ms"], out["lru_three_categories_ms"] = pct(two[2:]), pct(three[3:])
     finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
         if cluster is not None:
             cluster.stop()
         moto.stop()
