@@ -95,8 +95,9 @@ class LocalCluster:
         self.port = free_port(HEAD_IP)
         self.address = f"{HEAD_IP}:{self.port}"
         self.cpus, self.object_store = cpus_per_node, object_store_bytes
+        # A stopped node drains for at most 5 s (Ray's default, 30 s, waits for detached Serve actors).
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
-                    **env}
+                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5", **env}
         self.nodes: dict[str, subprocess.Popen] = {}
 
     def start(self, workers: int = 1) -> LocalCluster:

@@ -71,6 +71,10 @@ def cluster(moto_env, tmp_path_factory):
         wait_until(lambda: sum(n["Alive"] for n in ray.nodes()) == 2, "two alive Ray nodes", timeout=120)
         yield local
     finally:
+        if ray.is_initialized():
+            from ray import serve
+
+            serve.shutdown()
         ray.shutdown()
         local.stop()
 
