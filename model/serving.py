@@ -6,6 +6,7 @@ training stack.
 """
 
 from model.artifact.manifest import Manifest
+from model.artifact.source import ArtifactSource, is_remote, open_source
 from model.artifact.store import ArtifactError, list_categories, read_manifest, validate_category
 from model.method.calibration import Thresholds
 from model.reporting.overlays import colorize, overlay
@@ -16,6 +17,7 @@ from model.runtime.verdict import InspectionResult, NonFiniteResult, Region, Ver
 
 __all__ = [
     "ArtifactError",
+    "ArtifactSource",
     "allow_decoding_up_to",
     "ImageDecodeError",
     "InspectionResult",
@@ -29,7 +31,9 @@ __all__ = [
     "configure_device",
     "decode_image",
     "gpu_memory_bytes",
+    "is_remote",
     "list_categories",
+    "open_source",
     "overlay",
     "read_manifest",
     "set_torch_threads",

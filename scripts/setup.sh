@@ -9,6 +9,6 @@ if [ ! -f "$stamp" ]; then
     [ -x .venv/bin/python ] || "$PY" -m venv .venv
     .venv/bin/python -m pip install --quiet --upgrade pip
     # torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml (a matched pair).
-    .venv/bin/python -m pip install --quiet -e '.[test,onnx]'
+    .venv/bin/python -m pip install --quiet -e '.[test,onnx,cluster]'
     rm -f .venv/.installed-* && touch "$stamp"
 fi

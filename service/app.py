@@ -22,7 +22,7 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.registry import Registry
-from service.routers import categories, health, inspect, page, recent
+from service.routers import categories, health, inspect, page, recent, v2
 from service.settings import Settings
 
 log = logging.getLogger("service.app")
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(recent.router)
     app.include_router(health.router)
     app.include_router(page.router)
+    app.include_router(v2.router)
     return app
 
 

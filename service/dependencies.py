@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -78,19 +79,24 @@ def category_name(category: Annotated[str, Path(description="category name, e.g.
 CategoryName = Annotated[str, Depends(category_name)]
 
 
-def known_category(name: CategoryName, registry: RegistryDep) -> Category:
-    """The served category (404 ``unknown_category``); touches no file."""
-    category = registry.get(name)
+async def known_category(name: CategoryName, registry: RegistryDep) -> Category:
+    """The served category (404 ``unknown_category``); touches no file (on demand: asks the
+    artifact source about a name published since start-up)."""
+    category = await registry.find(name)
     if category is None:
         raise ApiError(404, "unknown_category", f"no category {name!r}")
     return category
 
 
-def serving_category(category: Annotated[Category, Depends(known_category)]) -> Category:
-    """A category with a live inspector (503 ``artifact_unavailable`` otherwise)."""
-    if category.inspector is None or category.batcher is None:
-        detail = f": {category.error}" if category.error else ""
-        raise ApiError(503, "artifact_unavailable",
-                       f"category {category.name} is not serving ({category.state}){detail}",
-                       {"Retry-After": "30"})
-    return category
+async def serving_category(
+    category: Annotated[Category, Depends(known_category)], registry: RegistryDep
+) -> AsyncIterator[Category]:
+    """A category with a live inspector (503 ``artifact_unavailable`` otherwise), held for the
+    request (loaded first when categories load on demand; not evicted while held)."""
+    async with registry.use(category):
+        if category.inspector is None or category.batcher is None:
+            detail = f": {category.error}" if category.error else ""
+            raise ApiError(503, "artifact_unavailable",
+                           f"category {category.name} is not serving ({category.state}){detail}",
+                           {"Retry-After": "30"})
+        yield category

@@ -1,6 +1,8 @@
-"""Loading one category's artifact: ``<root>/<name>`` becomes a verified, warmed Inspector.
+"""Loading one category's artifact: the published version becomes a verified, warmed Inspector.
 
-``Inspector.from_artifact`` checks every file's SHA-256 before any tensor is read. The
+The artifact source (``settings.artifacts``: a local root, or ``s3://bucket/prefix`` whose
+versions are fetched, verified and cached) gives a local folder; ``Inspector.from_artifact``
+checks every file's SHA-256 before any tensor is read. The
 inspector is then warmed up with blank batches: on CPU once (batch sizes 1 and
 ``max_batch_size``), on CUDA for every batch size on every inference thread. An
 artifact whose warm-up scores are not finite is refused. ``public_error`` turns a load
@@ -14,11 +16,10 @@ import logging
 import math
 import threading
 from concurrent.futures import Executor
-from pathlib import Path
 
 import numpy as np
 
-from model.serving import ArtifactError, Inspector, validate_category
+from model.serving import ArtifactError, ArtifactSource, Inspector, open_source
 from service.settings import Settings
 
 log = logging.getLogger("service.loading")
@@ -27,9 +28,9 @@ log = logging.getLogger("service.loading")
 class ArtifactLoader:
     """Builds the inspector of a category from the artifact published under ``settings.artifacts``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, source: ArtifactSource | None = None) -> None:
         self.settings = settings
-        self.root = Path(settings.artifacts)
+        self.source = source or open_source(settings.artifacts, settings.artifact_cache)
 
     async def load(self, name: str, executor: Executor | None) -> Inspector:
         """Load, verify and warm ``<root>/<name>`` off the event loop (``executor``: the inference threads)."""
@@ -39,11 +40,8 @@ class ArtifactLoader:
         return inspector
 
     def load_blocking(self, name: str) -> Inspector:
-        """Blocking: verify hashes, build the inspector, warm it up (off CUDA)."""
-        validate_category(name)
-        path = self.root / name
-        if not path.is_dir():
-            raise ArtifactError(f"no artifact published for {name}")
+        """Blocking: fetch (remote) and verify hashes, build the inspector, warm it up (off CUDA)."""
+        path = self.source.fetch(name)
         inspector = Inspector.from_artifact(path, self.settings.device, runtime=self.settings.runtime)
         if self.settings.precision != "fp32":
             inspector.configure_execution(precision=self.settings.precision)
@@ -81,7 +79,8 @@ class ArtifactLoader:
             return f"artifact could not be loaded ({type(exc).__name__})"
         message = str(exc)
         # Longest first: a relative root ("artifacts") is a suffix of the resolved one.
-        for prefix in sorted({str(self.root.resolve()), str(self.root)}, key=len, reverse=True):
+        roots = self.source.local_roots()
+        for prefix in sorted({str(r.resolve()) for r in roots} | {str(r) for r in roots}, key=len, reverse=True):
             message = message.replace(prefix + "/", "").replace(prefix, "")
         return message
 

@@ -20,6 +20,7 @@ from service.metrics import Metrics
 log = logging.getLogger("service.http")
 
 INSPECT_PREFIX = "/inspect/"
+_INFER_RE = re.compile(r"^/v2/models/([^/]+)/infer$")
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -36,6 +37,14 @@ def new_request_id(scope: Scope) -> str:
     if given and _CLIENT_ID_RE.fullmatch(given):
         return given
     return uuid.uuid4().hex
+
+
+def _scored_category(path: str) -> str | None:
+    """The category of a scoring request (``/inspect/{c}``, ``/v2/models/{c}/infer``), else None."""
+    if path.startswith(INSPECT_PREFIX):
+        return path[len(INSPECT_PREFIX):]
+    match = _INFER_RE.match(path)
+    return match.group(1) if match else None
 
 
 class RequestContextMiddleware:
@@ -60,7 +69,8 @@ class RequestContextMiddleware:
         state["request_id"] = rid
         state["t0"] = time.perf_counter()
         path: str = scope.get("path", "")
-        label = self.category_label(path[len(INSPECT_PREFIX):]) if path.startswith(INSPECT_PREFIX) else None
+        label = _scored_category(path)
+        label = self.category_label(label) if label is not None else None
         status = {"code": 500, "started": False, "error": None}
 
         async def send_with_id(message: Message) -> None:

@@ -1,35 +1,45 @@
 """The served categories: loading at startup, atomic reloads, and per-category state.
 
-A category is ``loading``, ``ready`` (an inspector serves it) or ``failed`` (its
-artifact could not be loaded; it answers 503 while the others keep serving). A
-reload loads and warms the artifact now published at ``<root>/<category>`` off the
-event loop (``service.loading``), then swaps the inspector in one assignment: the
-batch that is running finishes on the old one, the next batch uses the new one. A
-failed reload leaves the old inspector serving.
+A category is ``loading``, ``ready`` (an inspector serves it), ``failed`` (its
+artifact could not be loaded; it answers 503 while the others keep serving) or, when
+categories load on demand, ``unloaded`` (published, not loaded in this process). A
+reload loads and warms the artifact now published (``<root>/<category>``, or the
+bucket's pointer) off the event loop (``service.loading``), then swaps the inspector in
+one assignment: the batch that is running finishes on the old one, the next batch uses
+the new one. A failed reload leaves the old inspector serving.
+
+**On demand** (the cluster deployment sets ``registry.demand``): start-up lists the
+published categories and loads none. Each request holds its category through
+``registry.use(category)``, which first awaits ``demand(name)`` (there: Ray Serve's
+multiplexed loader, which calls ``load`` and evicts the least recently used category
+through ``unload``). ``unload`` waits until no request holds the category, then drops
+its inspector, so an eviction never fails a request in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Literal
 
-from model.serving import ArtifactError, Inspector, list_categories, read_manifest
+from model.serving import ArtifactError, Inspector, open_source
 from service.batching import Batcher
 from service.drift import Baseline, DriftSnapshot, DriftTracker
 from service.loading import ArtifactLoader
 from service.metrics import UNKNOWN_CATEGORY, Metrics
 from service.recent import RecentInspections
 from service.recent_store import RecentStore
+from service.on_demand import OnDemand
 from service.settings import Settings
 
 log = logging.getLogger("service.registry")
 
-State = Literal["loading", "ready", "failed"]
+State = Literal["loading", "ready", "failed", "unloaded"]
 
 
 class ReloadError(Exception):
@@ -53,21 +63,38 @@ class Category:
     drift: DriftTracker = field(default_factory=DriftTracker)  # recent scores of the live artifact
     recent: RecentInspections = field(default_factory=lambda: RecentInspections("", 0))  # for the page
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # requests holding it (``Registry.use``)
+    released: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
     def artifact_id(self) -> str | None:
         return self.inspector.artifact_id if self.inspector is not None else None
 
+    @asynccontextmanager
+    async def held(self) -> AsyncIterator[Category]:
+        self.users += 1
+        try:
+            yield self
+        finally:
+            self.users -= 1
+            async with self.released:
+                self.released.notify_all()
 
-class Registry:
+    async def wait_unused(self) -> None:
+        async with self.released:
+            await self.released.wait_for(lambda: self.users == 0)
+
+
+class Registry(OnDemand):
     """Every category under ``settings.artifacts``, their inspectors and batchers."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
-        self.root = Path(settings.artifacts)
+        self.source = open_source(settings.artifacts, settings.artifact_cache)
         self.metrics = metrics
         self.loading_finished = False
-        self._loader = ArtifactLoader(settings)
+        self.demand: Callable[[str], Awaitable[object]] | None = None  # set: categories load on demand
+        self._loader = ArtifactLoader(settings, self.source)
         self._categories: dict[str, Category] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._recent_store = (RecentStore(settings.recent_dir, settings.recent_dir_per_category)
@@ -95,24 +122,27 @@ class Registry:
         return [(c.name, c.drift.snapshot()) for c in self.all() if c.inspector is not None]
 
     def is_ready(self) -> bool:
-        """Loading finished and at least one category serves."""
-        return self.loading_finished and any(c.state == "ready" for c in self._categories.values())
+        """Loading finished and at least one category serves (on demand: the source was listed)."""
+        serving = self.demand is not None or any(c.state == "ready" for c in self._categories.values())
+        return self.loading_finished and serving
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load every published category; a broken one is logged and marked failed."""
+        """Load every published category (on demand: list them); a broken one is logged and marked failed."""
         self._executor = ThreadPoolExecutor(self.settings.inference_workers, thread_name_prefix="inference")
-        names = await asyncio.to_thread(list_categories, self.root)
+        names = await asyncio.to_thread(self.source.categories)
         if not names:
-            log.warning("no categories found under %s", self.root)
+            log.warning("no categories found under %s", self.source.location)
         for name in names:
-            await self._add(name)
-        for name in names:
-            await self._load_into(self._categories[name])
+            await self._add(name, "unloaded" if self.demand is not None else "loading")
+        if self.demand is None:
+            for name in names:
+                await self._load_into(self._categories[name])
         self.loading_finished = True
         ready = sum(c.state == "ready" for c in self._categories.values())
-        log.info("serving %d of %d categories from %s", ready, len(names), self.root)
+        log.info("serving %d of %d categories from %s%s", ready, len(names), self.source.location,
+                 " (loaded on demand)" if self.demand is not None else "")
 
     async def close(self) -> None:
         for category in self._categories.values():
@@ -122,9 +152,9 @@ class Registry:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
-    async def _add(self, name: str) -> Category:
+    async def _add(self, name: str, state: State = "loading") -> Category:
         """Register a new category (not loaded yet); its recent list starts from the disk store, if any."""
-        category = Category(name, drift=DriftTracker(self.settings.drift_window),
+        category = Category(name, state, drift=DriftTracker(self.settings.drift_window),
                             recent=RecentInspections(name, self.settings.recent_per_category, self._recent_store))
         category.batcher = Batcher(
             name, lambda: category.inspector, self._executor, self.metrics,
@@ -166,13 +196,13 @@ class Registry:
     # -- reload policy ----------------------------------------------------------------------
 
     async def reload(self, name: str) -> tuple[str | None, str]:
-        """Reload one category from ``<root>/<name>``; a new published category is added.
+        """Reload one category from its source; a new published category is added.
 
         Returns the previous artifact id (``None`` for a new category) and the new one.
         """
         category = self._categories.get(name)
         if category is None:
-            if not await asyncio.to_thread((self.root / name).is_dir):
+            if not await asyncio.to_thread(self._published, name):
                 raise ReloadError(404, "unknown_category", f"no category {name!r}")
             category = await self._add(name)
         previous = category.artifact_id
@@ -186,8 +216,12 @@ class Registry:
 
     async def reload_all(self) -> None:
         """Reload every category whose published artifact changed, and add newly published
-        ones (SIGHUP); failures are logged and leave the old artifact serving."""
-        names = sorted(set(self._categories) | set(await asyncio.to_thread(list_categories, self.root)))
+        ones (SIGHUP; on demand: only the categories loaded here, the others load when asked);
+        failures are logged and leave the old artifact serving."""
+        if self.demand is not None:
+            names = sorted(n for n, c in self._categories.items() if c.state != "unloaded")
+        else:
+            names = sorted(set(self._categories) | set(await asyncio.to_thread(self.source.categories)))
         log.info("reload requested: checking %d categories", len(names))
         for name in names:
             if await asyncio.to_thread(self._is_current, name):
@@ -203,6 +237,6 @@ class Registry:
         if category is None or category.inspector is None:
             return False
         try:
-            return read_manifest(self.root / name).artifact_id == category.artifact_id
-        except ArtifactError:
+            return self.source.published_id(name) == category.artifact_id
+        except Exception:  # unreadable now: let the reload say why
             return False

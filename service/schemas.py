@@ -73,7 +73,8 @@ class BatchResult(Finite):
 
 class CategoryStatus(BaseModel):
     name: str
-    state: Literal["loading", "ready", "failed"]
+    state: Literal["loading", "ready", "failed", "unloaded"] = Field(
+        description="unloaded: published, not loaded in this process (categories loaded on demand, cluster mode)")
     artifact_id: str | None = Field(None, description="the live artifact")
     error: str | None = Field(None, description="why it failed to load, or why the last reload failed")
     loaded_at: datetime | None = None

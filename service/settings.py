@@ -22,7 +22,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACTORY_INSPECT_", extra="ignore", frozen=True)
 
     # Models
-    artifacts: Path = Field(Path("artifacts"), description="artifacts root; every <root>/<category> is served")
+    artifacts: Path | str = Field(
+        Path("artifacts"),
+        description="artifacts root (every <root>/<category> is served), or s3://bucket/prefix (published versions, "
+        "fetched, hash-verified and cached in artifact_cache)",
+    )
+    artifact_cache: Path | None = Field(
+        None, description="local cache of artifacts fetched from s3:// (default: <tmp>/factory-inspect-cache-<uid>)"
+    )
     device: Literal["cpu", "cuda"] = Field("cpu", description="torch device for inference")
     torch_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     runtime: Literal["torch", "onnxruntime"] = Field(
@@ -82,6 +89,14 @@ class Settings(BaseSettings):
     def _empty_is_off(cls, value: object) -> object:
         """``FACTORY_INSPECT_RECENT_DIR=`` (empty) means off, not the working directory."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("artifacts", mode="before")
+    @classmethod
+    def _folder_or_bucket(cls, value: object) -> object:
+        """An ``s3://`` URL stays a string (a Path would fold its ``//``); anything else is a folder."""
+        if isinstance(value, str) and not value.startswith("s3://"):
+            return Path(value)
+        return value
 
     @model_validator(mode="after")
     def _reduced_precision_needs_cuda(self) -> Settings:

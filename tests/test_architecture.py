@@ -53,3 +53,17 @@ def test_the_serving_surface_exports_what_it_lists():
 
     missing = [name for name in surface.__all__ if not hasattr(surface, name)]
     assert surface.__all__ and not missing, missing
+
+
+def test_the_cluster_deployment_wraps_the_server_and_loads_no_training_code():
+    """The Ray Serve deployment builds the server's own app (no second inspect path) and, like the
+    server, reaches the model only through ``model.serving``."""
+    path = REPO / "cluster" / "deployment.py"
+    reached = {m for m in imported_modules(path) if m.split(".")[0] in {"model", "service"}}
+    assert reached <= {"service.app", "service.settings"}, sorted(reached)
+    code = ("import json, sys; import cluster.deployment as d; d.inspect_deployment(2); "
+            "print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    loaded = json.loads(out.splitlines()[-1])
+    training = [m for m in loaded if any(m == t or m.startswith(t + ".") for t in TRAINING_MODULES)]
+    assert "service.app" in loaded and "ray.serve" in loaded and not training, training

@@ -194,7 +194,7 @@ def test_dockerfile_installs_project_and_gpu_runtime() -> None:
     runs = " ".join(instruction("RUN"))
     assert "pip install" in runs and "pyproject.toml" in runs and re.search(r"pip install --no-deps \.", runs)
     assert "onnxruntime-gpu" in runs
-    base = instruction("FROM")[-1]
+    base = instruction("FROM")[0].split()[0]  # the first stage's base image (later stages build on it)
     args = dict(a.split("=", 1) for a in instruction("ARG") if "=" in a)
     image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), base)
     assert re.fullmatch(r"nvidia/cuda:1[2-9]\.\S+|pytorch/pytorch:\S*cuda\S*", image), f"not a CUDA image: {image}"
@@ -208,6 +208,25 @@ def test_dockerfile_cmd_is_the_console_script(app_routes) -> None:
     assert args.artifacts == "/artifacts"
     (expose,) = instruction("EXPOSE")
     assert int(expose.split("/")[0]) == args.port
+
+
+def test_dockerfile_stages_server_last_and_ray_for_kuberay() -> None:
+    """The default (last) target is the server compose builds; the ``ray`` target adds the
+    cluster extra and the cluster package, runs as non-root and has wget (KubeRay's probes)."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for keyword, args in dockerfile_instructions():
+        if keyword == "FROM":
+            current = args.split()[-1]
+            stages[current] = []
+        elif current is not None:
+            stages[current].append((keyword, args))
+    assert list(stages)[-1] == "server" and "ray" in stages
+    ray_runs = " ".join(a for k, a in stages["ray"] if k == "RUN")
+    assert "['cluster']" in ray_runs and "wget" in ray_runs and "import ray" in ray_runs
+    assert [a for k, a in stages["ray"] if k == "USER"][-1].split(":")[0] not in {"root", "0"}
+    assert not [a for k, a in stages["ray"] if k in {"CMD", "ENTRYPOINT"}], "KubeRay supplies the command"
+    assert ("COPY", "cluster ./cluster") in [(k, a) for stage in stages.values() for k, a in stage]
 
 
 def test_dockerfile_runs_as_non_root() -> None:

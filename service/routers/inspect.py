@@ -14,13 +14,14 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from model.serving import NonFiniteResult
-from service.batching import ModelUnavailable, QueueFull, Scored
+from service.batching import Scored
 from service.dependencies import MetricsDep, SettingsDep, require_api_key, serving_category
 from service.errors import ApiError, request_id_of
 from service.metrics import Metrics
 from service.registry import Category
 from service.rendering import RenderOptions, encode_images, parse_outputs
 from service.schemas import BatchResult, ErrorBody, ImageResult
+from service.scoring import overloaded, record_drift, score_images
 from service.uploads import CLIENT_CLOSED, Upload, decode_all, read_uploads
 
 log = logging.getLogger("service.inspect")
@@ -111,12 +112,12 @@ async def inspect_images(
         raise ApiError(504, "deadline_exceeded", "request deadline exceeded while reading the body") from None
     read_ms = (time.perf_counter() - started) * 1000.0
     if not category.batcher.has_room(len(uploads.items)):  # fail fast, before decoding
-        raise _overloaded(category, settings.retry_after_s)
+        raise overloaded(category, settings.retry_after_s)
     images, decode_ms = await asyncio.to_thread(
         decode_all, uploads.items, settings.max_pixels, settings.max_request_pixels
     )
     remaining = settings.request_timeout_s - (time.perf_counter() - t0)
-    scored = await _score(request, category, images, remaining, settings.retry_after_s)
+    scored = await score_images(request, category, images, remaining, settings.retry_after_s)
     if scored is None:
         return Response(status_code=CLIENT_CLOSED)
     rendered = await asyncio.to_thread(_render_all, images, scored, options, rid)
@@ -127,7 +128,7 @@ async def inspect_images(
     ]
     _observe(metrics, category.name, results, stages, record)
     if record:
-        _record_drift(category, results)
+        record_drift(category, [(r.score, r.artifact_id) for r in results])
         await _record_recent(category, images, results)
     if not uploads.batch:
         return _json(results[0])
@@ -153,50 +154,6 @@ class _Stages:
     def of_request(self, scored: list[Scored]) -> dict[str, float]:
         return _rounded({"read": self.read, "decode": sum(self.decode), "queue": max(s.queue_ms for s in scored),
                          "encode": sum(self.encode), "total": self.total})
-
-
-async def _score(
-    request: Request, category: Category, images: list[np.ndarray], remaining: float, retry_after: int
-) -> list[Scored] | None:
-    """Queue the images and wait for their results, the deadline or the client leaving (-> None)."""
-    if remaining <= 0:
-        raise ApiError(504, "deadline_exceeded", "request deadline exceeded before inference")
-    work = asyncio.ensure_future(category.batcher.score(images))
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        done, _ = await asyncio.wait({work, gone}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        await _cancel(work, gone)
-    if work in done:
-        try:
-            return work.result()
-        except QueueFull as exc:
-            raise _overloaded(category, retry_after) from exc
-        except ModelUnavailable as exc:
-            raise ApiError(503, "artifact_unavailable", f"category {category.name} is not serving") from exc
-    if gone in done:
-        log.info("request %s: client disconnected before its result", request_id_of(request))
-        return None
-    raise ApiError(504, "deadline_exceeded", "request deadline exceeded while waiting for inference")
-
-
-def _overloaded(category: Category, retry_after: int) -> ApiError:
-    return ApiError(503, "overloaded", f"server busy: the queue for {category.name} is full; retry later",
-                    {"Retry-After": str(retry_after)})
-
-
-async def _client_gone(request: Request) -> None:
-    """Return when the client disconnects (the body has been read, so only that can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _cancel(*tasks: asyncio.Future) -> None:
-    """Cancel unfinished tasks and wait for them, so their ``finally`` blocks have run."""
-    pending = [t for t in tasks if not t.done()]
-    for t in pending:
-        t.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _render_all(
@@ -245,13 +202,6 @@ def _rounded(timings: dict[str, float]) -> dict[str, float]:
 
 def _json(model: ImageResult | BatchResult) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
-
-
-def _record_drift(category: Category, results: list[ImageResult]) -> None:
-    """Each image's raw score into the category's drift window (O(1) per score; statistics are
-    computed on GET or scrape). Results of a previous artifact (a reload in flight) are dropped."""
-    for artifact_id in {r.artifact_id for r in results}:
-        category.drift.record([r.score for r in results if r.artifact_id == artifact_id], artifact_id)
 
 
 async def _record_recent(category: Category, images: list[np.ndarray], results: list[ImageResult]) -> None:
