@@ -69,7 +69,9 @@ def give_the_key(page) -> None:
     page.fill("#api-key", KEY)
     page.click("#key-ok")
     expect(dialog).to_be_hidden()
-    assert page.evaluate("sessionStorage.getItem('factory-inspect.api-key')") == KEY
+    # The key is kept once the refused requests have been answered again (they retry together).
+    page.wait_for_function(f"sessionStorage.getItem('factory-inspect.api-key') === {KEY!r}")
+    expect(dialog).to_be_hidden()
     assert page.evaluate("localStorage.length") == 0
     expect(page.locator("#forget-key")).to_be_visible()
 
