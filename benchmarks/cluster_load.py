@@ -43,6 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import server_load  # noqa: E402  (benchmarks/)
 from cli.synthetic import generate_category  # noqa: E402
 from cluster import control  # noqa: E402
 from cluster.deployment import ClusterArgs  # noqa: E402
@@ -59,37 +60,10 @@ def pct(ms: list[float]) -> dict[str, float | None]:
 
 async def closed_loop(base: str, category: str, images: list[tuple[str, bytes]], concurrency: int,
                       seconds: float, routed: bool) -> dict:
-    latencies, statuses = [], {}
+    """server_load's closed loop, without outputs; ``routed`` sends Ray Serve's model-id header."""
     headers = {"serve_multiplexed_model_id": category} if routed else {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits, headers=headers) as client:
-        for name, data in images[:2]:  # warm the connection and the category
-            await client.post(f"/inspect/{category}", params={"outputs": "none"},
-                              files={"file": (name, data, "image/png")})
-        start = time.perf_counter()
-        deadline = start + seconds
-
-        async def worker(offset: int) -> None:
-            i = offset
-            while time.perf_counter() < deadline:
-                name, data = images[i % len(images)]
-                i += concurrency
-                t = time.perf_counter()
-                try:
-                    r = await client.post(f"/inspect/{category}", params={"outputs": "none"},
-                                          files={"file": (name, data, "image/png")})
-                    status = r.status_code
-                except httpx.HTTPError as exc:
-                    status = type(exc).__name__
-                statuses[status] = statuses.get(status, 0) + 1
-                if status == 200:
-                    latencies.append((time.perf_counter() - t) * 1000)
-
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    ok = statuses.pop(200, 0)
-    return {"concurrency": concurrency, "ok": ok, "images_per_s": round(ok / elapsed, 2), "client_ms": pct(latencies),
-            "non_200": {str(k): v for k, v in statuses.items()}}
+    return await server_load.closed_loop(base, category, images, concurrency, seconds, {"outputs": "none"},
+                                         headers, warm=2)
 
 
 def timed_post(base: str, category: str, image: tuple[str, bytes]) -> float:

@@ -162,12 +162,16 @@ def sequential(url: str, category: str, images: list[tuple[str, bytes]], n: int,
 
 
 async def closed_loop(url: str, category: str, images: list[tuple[str, bytes]], concurrency: int,
-                      seconds: float) -> dict:
-    """``concurrency`` clients each sending the next request as soon as the last one answers."""
+                      seconds: float, params: dict | None = None, headers: dict | None = None,
+                      warm: int = 0) -> dict:
+    """``concurrency`` clients each sending the next request as soon as the last one answers
+    (after ``warm`` untimed requests that open the connection and load the category)."""
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits, headers=headers or {}) as client:
+        for name, data in images[:warm]:
+            await client.post(f"/inspect/{category}", params=params, files={"file": (name, data, "image/png")})
         start = time.perf_counter()
         deadline = start + seconds
 
@@ -178,7 +182,8 @@ async def closed_loop(url: str, category: str, images: list[tuple[str, bytes]], 
                 i += concurrency
                 t = time.perf_counter()
                 try:
-                    r = await client.post(f"/inspect/{category}", files={"file": (name, data, "image/png")})
+                    r = await client.post(f"/inspect/{category}", params=params,
+                                          files={"file": (name, data, "image/png")})
                     status = r.status_code
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
