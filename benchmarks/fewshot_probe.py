@@ -161,6 +161,31 @@ def main() -> None:
 
     heads = {"lin": train(Xn, Y, 0), "mlp32": train(Xn, Y, 32)}
     heads_scal = {"lin_scal": train(Xn[:, :4], Y, 0)}
+
+    # A head with context: two 3x3 convolutions over the per-cell features of whole images
+    # (cells near a mask's edge are left out of the loss).
+    def grids(R, own, target, ignore):
+        x = ((feats(R, own) - mu) / sd).permute(0, 2, 1).reshape(-1, X.shape[1], *hw)
+        return x, target.float().view(-1, *hw), (~ignore).float().view(-1, *hw)
+    none = lambda n: torch.zeros(n, hw[0] * hw[1], dtype=torch.bool)
+    sets = [grids(G, None, none(len(vi.goods)), none(len(vi.goods))),
+            grids(D, None, md, grid_mask(vi.defect_masks, hw, 0.01) & ~md)]
+    if shots:
+        sets.append(grids(Sh, torch.arange(len(shots)), inside, grid_mask(shot_masks, hw, 0.01) & ~inside))
+    if shots and PASTE:
+        sets.append(grids(P, None, mp, ~outside & ~mp))
+    CX, CY, CW = (torch.cat(t) for t in zip(*sets))
+    torch.manual_seed(0)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(CX.shape[1], 32, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(32, 1, 3, padding=1))
+    opt = torch.optim.Adam(conv.parameters(), lr=3e-3, weight_decay=1e-3)
+    cpos = ((CY == 0) & (CW > 0)).sum() / ((CY == 1) & (CW > 0)).sum()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        idx = torch.randint(len(CX), (32,), generator=gen)
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(conv(CX[idx]).squeeze(1), CY[idx], weight=CW[idx], pos_weight=cpos)
+        loss.backward(); opt.step()
     print("trained", round(time.time()-t0,1), flush=True)
 
     # test
@@ -185,6 +210,11 @@ def main() -> None:
             report(name + " only", p)
             report(name + " x(1+p)", base * (1 + p))
             report(name + " x(1+4p)", base * (1 + 4 * p))
+        xt = XT.permute(0, 2, 1).reshape(-1, X.shape[1], *hw)
+        p = upmap(torch.cat([conv(xt[i:i + 64]) for i in range(0, len(xt), 64)]).flatten(1))
+        report("conv3x3 only", p)
+        report("conv3x3 x(1+p)", base * (1 + p))
+        report("conv3x3 x(1+4p)", base * (1 + 4 * p))
     print(json.dumps(rows))
 
 
