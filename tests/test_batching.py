@@ -129,9 +129,9 @@ async def test_a_lone_request_waits_for_companions_within_max_wait():
     fake = FakeInspector("v1")
     async with running(lambda: fake, max_batch_size=2, max_wait_s=TIMEOUT) as batcher:
         lone = submit(batcher, 1)
-        await until(lambda: batcher.admitted == 1)
-        for _ in range(20):  # let the worker run: it must keep collecting, not score one image
-            await asyncio.sleep(0)
+        # The worker has taken the request into its collection window once it has consumed the
+        # wake-up that ``score`` set (it clears the event before waiting for companions).
+        await until(lambda: batcher.admitted == 1 and not batcher._wakeup.is_set())
         assert not lone.done() and fake.batches == []
         companion = submit(batcher, 2)
         assert marks(await lone) + marks(await companion) == [1, 2]

@@ -70,10 +70,16 @@ def test_unload_waits_for_the_requests_holding_the_category(tiny_artifacts):
         await registry.start()
         try:
             category = await registry.find("alpha")
+            waiting, wait_unused = asyncio.Event(), category.wait_unused
+
+            async def reached_the_wait() -> None:
+                waiting.set()
+                await wait_unused()
+
+            category.wait_unused = reached_the_wait
             async with registry.use(category):
                 unload = asyncio.create_task(registry.unload("alpha"))
-                for _ in range(20):  # give the unload every chance to run
-                    await asyncio.sleep(0)
+                await asyncio.wait_for(waiting.wait(), timeout=60)  # the unload now waits for the holder
                 assert not unload.done() and category.inspector is not None
                 image = np.zeros((64, 64, 3), np.uint8)
                 assert len(await category.batcher.score([image])) == 1  # still serving while held
