@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from model.serving import Verdict
 from service.errors import ApiError
 from service.settings import Settings
-from service.uploads import Upload
+from service.uploads import Upload, too_many_images
 
 INPUT_NAME = "image"
 OUTPUTS: dict[str, str] = {"score": "FP64", "normalized_score": "FP64", "threshold": "FP64",
@@ -126,7 +126,7 @@ def byte_uploads(tensor: Tensor, settings: Settings) -> list[Upload]:
 
 def _check_counts(count: int, pixels_each: int, settings: Settings) -> None:
     if count > settings.max_images_per_request:
-        raise ApiError(413, "too_many_images", f"more than {settings.max_images_per_request} images in one request")
+        raise too_many_images(settings.max_images_per_request)
     if pixels_each > settings.max_pixels or count * pixels_each > settings.max_request_pixels:
         raise ApiError(413, "image_too_large", "the input tensor has more pixels than the server accepts")
 

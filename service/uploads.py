@@ -77,18 +77,23 @@ async def _read_multipart(request: Request, max_images: int) -> Uploads:
             if not parts:
                 raise ApiError(422, "missing_file", "multipart body has no 'file' or 'files' part")
             if len(parts) > max_images:
-                raise ApiError(413, "too_many_images", f"more than {max_images} images in one request")
+                raise too_many_images(max_images)
             items = [await _read_part(name, part) for name, part in parts]
     except PayloadTooLarge:
         raise
     except StarletteHTTPException as exc:  # python-multipart limits and syntax errors
         detail = str(exc.detail)
         if "Too many files" in detail:
-            raise ApiError(413, "too_many_images", f"more than {max_images} images in one request") from exc
+            raise too_many_images(max_images) from exc
         if "Too many fields" in detail:
             raise ApiError(413, "too_many_parts", f"more than {MAX_FORM_FIELDS} non-file form fields") from exc
         raise ApiError(400, "invalid_multipart", f"malformed multipart body: {detail}"[:300]) from exc
     return Uploads(items, batch=bool(many) or len(singles) > 1)
+
+
+def too_many_images(max_images: int) -> ApiError:
+    """413 for a request with more than ``max_images`` images (multipart parts or tensor images)."""
+    return ApiError(413, "too_many_images", f"more than {max_images} images in one request")
 
 
 async def _read_part(name: str, part: UploadFile | str) -> Upload:
