@@ -54,7 +54,7 @@ def real_rows(inspectors, table, data: Path, size: int, batch: int) -> dict[str,
     masks = np.stack([read_mask(s, size) for s in samples]) if has_masks else None
     scored = score_candidates(inspectors, images, batch)  # the inspectors score with the maximum
     rows = {}
-    for name, (with_max, maps) in scored.items():
+    for name, (_, maps) in scored.items():
         scores = fraction_scores(maps, table[name].get("top_fraction", 0.0))
         block = metrics.metric_block(scores, labels, maps if has_masks else None, masks)
         block["image_auroc_by_fraction"] = {f: metrics.auroc(fraction_scores(maps, float(f)), labels)

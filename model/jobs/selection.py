@@ -244,7 +244,7 @@ def validate(inspectors: dict[str, Inspector], images: ValidationImages, config:
     """Every candidate's validation figures (name -> ``figures``), in the order of ``inspectors``,
     each with its own image score (``choose_top_fraction``)."""
     table = {}
-    for name, (scores, maps) in score_candidates(inspectors, images.all, config.batch_size).items():
+    for name, (_, maps) in score_candidates(inspectors, images.all, config.batch_size).items():
         fraction, sweep = choose_top_fraction(maps, images, config)
         table[name] = figures(fraction_scores(maps, fraction), maps, images, config)
         if sweep:
