@@ -70,6 +70,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         left_out = ", ".join(report.psg_selection["left_out"])
         print(f"           chosen by the same rule, without the {left_out} defects PSG trains on:")
         _print_table(report.psg_selection)
+    _print_head(report.head)
     print(f"bank       {report.bank_size} vectors (of {report.n_patches} patches)")
     print(f"size       {report.artifact_bytes / 1e6:.1f} MB")
     print("seconds    " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
@@ -85,6 +86,20 @@ def _print_table(selection: dict) -> None:
             mark = "*" if name == selection["chosen"] else " "
             print(f"         {mark} {name:<16} {_fmt(row['image_auroc']):>7} {_fmt(row['pixel_auroc']):>7} "
                   f"{_fmt(row['au_pro']):>7} {_fmt(row['sensitivity']):>7} {row['nuisance_shift']:>6.2f}")
+
+
+def _print_head(record: dict | None) -> None:
+    """The defect head: its weight, chosen on held-out labelled defects, or why there is none."""
+    if not record:
+        return
+    if "skipped" in record:
+        print(f"head       off: {record['skipped']}")
+        return
+    print(f"head       weight {record['weight']:g} (0: off), abnormal bank "
+          f"{record['training']['abnormal_bank']} cells; chosen on held-out labelled defects by the same rule:")
+    _print_table(record)
+    if record.get("note"):
+        print(f"           {record['note']}")
 
 
 def _print_selection(selection: dict | None) -> None:

@@ -115,6 +115,10 @@ class ManifestSummary(BaseModel):
     psg_selection: dict[str, Any] | None = Field(
         None, description="with labelled defects: the chosen scoring without and with PSG, validated by the same "
         "rule, and the choice")
+    defect_head: dict[str, Any] | None = Field(
+        None, description="with labelled defects: the defect head's boost weight (0: off), every weight's figures "
+        "on held-out labelled defects, the rule, its training record, and the shots it learned from (count per "
+        "type, file names, SHA-256); or why it was skipped")
     skipped_images: list[str] = Field(default_factory=list, description="training images that did not decode "
                                       "and were left out (fit --skip-bad-images)")
 

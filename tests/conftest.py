@@ -34,6 +34,8 @@ def tiny_config(**overrides) -> FitConfig:
         "gaussian.dims": 16,
         "nns.coreset_ratio": 0.1,
         "calibration.min_holdout": 3,
+        "head.steps": 20,
+        "head.pasted": 8,
     }
     base.update(overrides)
     return FitConfig().with_overrides(base)

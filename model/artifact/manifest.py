@@ -72,6 +72,7 @@ class FitRecord:
     psg: dict[str, Any] | None = None  # PSG training report
     psg_selection: dict[str, Any] | None = None  # with psg.enabled="auto" and labelled defects
     selection: dict[str, Any] | None = None  # the scoring choice: candidates' validation figures, rule, choice
+    head: dict[str, Any] | None = None  # the defect head: its weight's validation, training record (head_fit)
 
 
 @dataclass(frozen=True)

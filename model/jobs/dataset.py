@@ -109,6 +109,24 @@ def list_defects(data: Path | str) -> list[TestSample]:
     return defects
 
 
+def check_defect_masks(defects: Sequence[TestSample]) -> None:
+    """Refuse labelled defects whose mask cannot teach the fit where the defect is: a mask that
+    does not decode, differs in size from its image, or marks nothing. Each error names the file."""
+    for d in defects:
+        if d.mask_path is None:
+            continue
+        mask = cv2.imread(str(d.mask_path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ValueError(f"{d.mask_path}: the mask does not decode")
+        height, width = read_image(str(d.path)).shape[:2]
+        if mask.shape != (height, width):
+            raise ValueError(f"{d.mask_path}: the mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                             f"{d.path.name} is {width}x{height}")
+        if not (mask > 127).any():
+            raise ValueError(f"{d.mask_path}: the mask is empty; mark the defect, or remove the ground_truth "
+                             f"folder to use the defects at image level only")
+
+
 def read_mask(sample: TestSample, size: int) -> np.ndarray:
     """Ground truth ``[size, size]`` bool, resized by nearest neighbour (all False for good images)."""
     if sample.mask_path is None:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cache
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,9 +33,10 @@ from model.artifact.manifest import (
     Training,
 )
 from model.artifact.store import artifact_size_bytes, validate_category, write_artifact
-from model.jobs.dataset import TestSample, file_sha256, fingerprint, list_images, read_mask, split_decodable
+from model.jobs.dataset import TestSample, check_defect_masks, file_sha256, fingerprint, list_images, read_mask, split_decodable
+from model.jobs.head_fit import fit_head
 from model.jobs.progress import ProgressFactory, silent_progress
-from model.jobs.selection import branches_needed, load_validation_images, select_psg, select_scoring
+from model.jobs.selection import ValidationImages, branches_needed, load_validation_images, select_psg, select_scoring
 from model.jobs.variant import Variant, batches, fit_parts, fit_variant
 from model.method.calibration import Thresholds, calibrate_on_good, calibrate_with_defects, score_statistics
 from model.method.config import AUTO, FitConfig
@@ -59,6 +60,7 @@ class FitReport:
     psg: bool = False
     psg_selection: dict | None = None  # with psg.enabled="auto" and labelled defects
     selection: dict | None = None  # the scoring choice (selection.select_scoring)
+    head: dict | None = None  # the defect head (head_fit.fit_head), with labelled defects
     skipped: list[str] = field(default_factory=list)  # undecodable training images left out
 
 
@@ -129,10 +131,11 @@ def psg_variants(config: FitConfig, has_defects: bool) -> list[FitConfig]:
 
 def fit_chosen(config: FitConfig, fit_files: Sequence[Path], validation: Validation,
                defects: Sequence[TestSample], device: str, progress: ProgressFactory,
-               watch: Timer) -> tuple[Candidate, dict, dict | None]:
+               watch: Timer) -> tuple[Candidate, dict, dict | None, dict | None]:
     """The variant to publish, scored on ``validation`` through its Inspector, with the records of
-    the two choices that made it: the scoring (``selection.select_scoring``) and, when
-    ``psg_variants`` asks for both, PSG (``selection.select_psg``), on the same validation images."""
+    the choices that made it: the scoring (``selection.select_scoring``), PSG when
+    ``psg_variants`` asks for both (``selection.select_psg``), on the same validation images, and
+    the defect head when ``wants_head`` (``head_fit.fit_head``)."""
     psg_configs = psg_variants(config, bool(defects))
     n_hold = len(validation.files) - len(defects)
     labelled_masks = validation.masks[n_hold:] if validation.masks is not None else None
@@ -146,10 +149,42 @@ def fit_chosen(config: FitConfig, fit_files: Sequence[Path], validation: Validat
         keep, psg_selection = select_psg(variant.inspector(device), with_psg.inspector(device), images(),
                                          scoring, watch)
         variant = with_psg if keep else variant
+    variant, head_record = attach_head(variant, images, defects, device, watch)
     with watch.stage("calibrate"):
         scores, maps = inspect_files(variant.inspector(device), validation.files, progress, "calibrate")
     block = metrics.metric_block(scores, validation.labels, maps, validation.masks) if defects else None
-    return Candidate(variant, scores, maps, block), selection, psg_selection
+    return Candidate(variant, scores, maps, block), selection, psg_selection, head_record
+
+
+def attach_head(variant: Variant, images: Callable[[], ValidationImages], defects: Sequence[TestSample],
+                device: str, watch: Timer) -> tuple[Variant, dict | None]:
+    """``variant`` with its defect head when ``wants_head`` (``head.enabled`` resolved to true or
+    false in its config), and the manifest's ``fit.head`` record (None without labelled defects)."""
+    config = variant.config
+    if wants_head(config, defects):
+        with watch.stage("head"):
+            made = images()
+            masks = [read_mask(d, config.image_size) if d.mask_path is not None else None for d in defects]
+            head, record = fit_head(variant.inspector(device), made.goods, made.labelled, masks,
+                                    [d.defect for d in defects], config)
+        return replace(variant, head=head, config=config.with_overrides({"head.enabled": True})), record
+    record = None
+    if defects and config.head.enabled is not False:
+        record = {"skipped": f"the chosen scoring {config.scoring!r} has no NNS branch, "
+                             "which the defect head compares patches with"}
+    return replace(variant, config=config.with_overrides({"head.enabled": False})), record
+
+
+def wants_head(config: FitConfig, defects: Sequence[TestSample]) -> bool:
+    """Whether the fit trains the defect head: ``head.enabled`` true or "auto", labelled defects,
+    and the NNS branch in the chosen scoring (the head compares patches with its memory bank)."""
+    return config.head.enabled is not False and bool(defects) and config.nns.enabled
+
+
+def check_head(config: FitConfig, defects: Sequence[TestSample]) -> None:
+    """Refuse ``head.enabled=true`` without labelled defects, before any work."""
+    if config.head.enabled is True and not defects:
+        raise ValueError("head.enabled=true needs labelled defects: pass fit --defects <dir>")
 
 
 def calibrate(chosen: Candidate, validation: Validation, config: FitConfig, has_defects: bool) -> Thresholds:
@@ -201,6 +236,8 @@ def fit(
     """
     validate_category(category)
     config = config or FitConfig()
+    check_head(config, defects)
+    check_defect_masks(defects)
     torch.manual_seed(config.seed)
     watch = Timer(torch.device(device))
     files, skipped = list_images(Path(data) / "train" / "good"), []
@@ -212,7 +249,8 @@ def fit(
     log.info("fitting %s on %d images, %d held out, %d labelled defects", category, len(fit_files),
              len(hold_files), len(defects))
     validation = validation_set(hold_files, defects, config.image_size)
-    best, selection, psg_selection = fit_chosen(config, fit_files, validation, defects, device, progress, watch)
+    best, selection, psg_selection, head_record = fit_chosen(config, fit_files, validation, defects, device,
+                                                             progress, watch)
     with watch.stage("calibrate"):
         thresholds = calibrate(best, validation, config, bool(defects))
     manifest = Manifest(
@@ -229,7 +267,7 @@ def fit(
         fit=FitRecord(device=device, n_patches=best.variant.n_patches, bank_size=best.variant.bank_size,
                       seconds={k: round(v / 1000, 3) for k, v in watch.ms.items()},
                       psg=best.variant.psg.to_dict() if best.variant.psg is not None else None,
-                      psg_selection=psg_selection, selection=selection),
+                      psg_selection=psg_selection, selection=selection, head=head_record),
     )
     with watch.stage("write"):
         path = write_artifact(artifacts, category, manifest, best.variant.tensors())
@@ -254,4 +292,5 @@ def report(path: Path, manifest: Manifest, watch: Timer, n_defects: int) -> FitR
         psg=manifest.config.psg.enabled,
         psg_selection=manifest.fit.psg_selection,
         selection=manifest.fit.selection,
+        head=manifest.fit.head,
     )

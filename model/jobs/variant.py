@@ -16,6 +16,7 @@ from model.jobs.progress import ProgressFactory
 from model.method.backbone import create_feature_extractor
 from model.method.config import FitConfig
 from model.method.coreset import greedy_coreset
+from model.method.defect_head import DefectHead
 from model.method.features import FeaturePath, assemble, select_dims
 from model.method.fusion import TokenFusion, build_fusion, fusion_channels
 from model.method.gaussian import GaussianAccumulator, GaussianModel
@@ -96,14 +97,15 @@ class Variant:
     std: list[float]
     n_patches: int
     psg: PSGReport | None
+    head: DefectHead | None = None
 
     @property
     def bank_size(self) -> int:
         return int(self.bank.bank.shape[0]) if self.bank is not None else 0
 
     def inspector(self, device: str) -> Inspector:
-        return Inspector(self.config, self.features, Branches(self.bank, self.gaussian), None, self.mean, self.std,
-                         device)
+        return Inspector(self.config, self.features, Branches(self.bank, self.gaussian, self.head), None, self.mean,
+                         self.std, device)
 
     def tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         tensors: dict[str, dict[str, torch.Tensor]] = {"backbone": self.features.backbone.state_dict()}
@@ -113,6 +115,8 @@ class Variant:
             tensors["memory_bank"] = self.bank.tensors()
         if self.gaussian is not None:
             tensors["gaussian"] = {**self.gaussian.tensors(), "dims": self.features.gauss_dims}
+        if self.head is not None:
+            tensors["defect_head"] = self.head.tensors()
         return tensors
 
 

@@ -1,7 +1,8 @@
 """AMC (anomaly map compensation): the branch maps -> the final map -> the image score.
 
 ``AnomalyMapCombiner`` upsamples each branch map to the model input size, multiplies
-them pixel-wise and smooths with a Gaussian (sigma 4 by default). The image score is
+them pixel-wise and smooths with a Gaussian (sigma 4 by default); with a defect head
+(``model.method.defect_head``) the result is multiplied by ``1 + weight x p``. The image score is
 the maximum of the final map, or the mean of its top fraction of pixels (``image_scores``).
 """
 
@@ -37,13 +38,22 @@ class AnomalyMapCombiner(nn.Module):
         m = F.conv2d(F.pad(m, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
         return F.conv2d(F.pad(m, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
 
-    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        size = (self.image_size, self.image_size)
+    def forward(self, maps: list[torch.Tensor], boost: torch.Tensor | None = None) -> torch.Tensor:
+        """``boost [B, h', w']`` (the defect head's weighted probability): the smoothed product is
+        multiplied by ``1 + boost``, upsampled and smoothed the same way."""
         final = None
         for m in maps:
-            up = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+            up = self.upsample(m)
             final = up if final is None else final * up
-        return self.smooth(final).squeeze(1)
+        final = self.smooth(final)
+        if boost is not None:
+            final = final * (1 + self.smooth(self.upsample(boost)))
+        return final.squeeze(1)
+
+    def upsample(self, m: torch.Tensor) -> torch.Tensor:
+        """``[B, h, w]`` -> ``[B, 1, S, S]``, bilinear."""
+        return F.interpolate(m.unsqueeze(1), size=(self.image_size, self.image_size), mode="bilinear",
+                             align_corners=False)
 
 
 def image_scores(final: torch.Tensor, top_fraction: float = 0.0) -> torch.Tensor:

@@ -175,6 +175,30 @@ class SelectionConfig:
 
 
 @dataclass
+class HeadConfig:
+    """The defect head (``model.method.defect_head``): labelled defects in the score itself.
+
+    ``enabled``: "auto" trains it when the fit has labelled defects (``fit --defects``) and the
+    chosen scoring has the NNS branch; true requires them; false never. Trained on the held-out
+    goods (negatives), synthetic defects on them, the labelled defects' mask cells and
+    ``pasted`` goods that carry a labelled defect's masked region (rotated, flipped, moved).
+    Its boost ``weight`` is chosen from ``weights`` by the self-checking fit's rule on labelled
+    defects it did not train on (``folds``-fold cross-fitting); 0, no boost, comes first.
+    """
+
+    enabled: bool | str = AUTO
+    hidden: int = 32
+    steps: int = 800
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    pasted: int = 200
+    inside: float = 0.75  # a cell joins the abnormal bank when its mask covers at least this fraction
+    weights: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    folds: int = 2
+
+
+@dataclass
 class FitConfig:
     image_size: int = 256
     batch_size: int = 16
@@ -190,6 +214,7 @@ class FitConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
 
     def __post_init__(self) -> None:
         if not (self.nns.enabled or self.gaussian.enabled):
@@ -210,8 +235,12 @@ class FitConfig:
             raise ValueError(f"postprocess.top_fraction must be {AUTO!r} or a number in [0, 0.5], and "
                              f"selection.top_fractions such numbers, got {self.postprocess.top_fraction!r} and "
                              f"{self.selection.top_fractions!r}")
-        if not (isinstance(self.psg.enabled, bool) or self.psg.enabled == AUTO):
-            raise ValueError(f"psg.enabled must be true, false or {AUTO!r}, got {self.psg.enabled!r}")
+        for name in ("psg", "head"):
+            if not (isinstance(getattr(self, name).enabled, bool) or getattr(self, name).enabled == AUTO):
+                raise ValueError(f"{name}.enabled must be true, false or {AUTO!r}, got {getattr(self, name).enabled!r}")
+        if not self.head.weights or self.head.weights[0] != 0 or min(self.head.weights) < 0 or self.head.folds < 1:
+            raise ValueError(f"head.weights must start with 0 (no boost) and be >= 0, and head.folds >= 1, "
+                             f"got {self.head.weights!r} and {self.head.folds!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -269,6 +298,7 @@ _SECTION_TYPES = {
     "postprocess": PostprocessConfig,
     "calibration": CalibrationConfig,
     "selection": SelectionConfig,
+    "head": HeadConfig,
 }
 
 # The paper's ablation ladder, as overrides of the default config.

@@ -29,6 +29,7 @@ from model.method.amc import AnomalyMapCombiner, image_scores
 from model.method.backbone import frozen
 from model.method.calibration import Thresholds
 from model.method.config import FitConfig
+from model.method.defect_head import DefectHead
 from model.method.features import FeaturePath, feature_path_from_tensors
 from model.method.gaussian import GaussianModel
 from model.method.memory_bank import MemoryBank
@@ -44,6 +45,7 @@ class Branches:
 
     nns: MemoryBank | None
     gaussian: GaussianModel | None
+    head: DefectHead | None = None  # boosts the map with the labelled defects (needs nns)
 
     def named(self) -> list[tuple[str, nn.Module]]:
         return [(n, m) for n, m in (("nns", self.nns), ("gaussian", self.gaussian)) if m is not None]
@@ -52,7 +54,8 @@ class Branches:
     def from_tensors(cls, tensors: dict[str, dict[str, torch.Tensor]]) -> Branches:
         """The branches an artifact's tensors hold (``memory_bank``, ``gaussian``)."""
         return cls(nns=MemoryBank(tensors["memory_bank"]["bank"]) if "memory_bank" in tensors else None,
-                   gaussian=GaussianModel.from_tensors(tensors["gaussian"]) if "gaussian" in tensors else None)
+                   gaussian=GaussianModel.from_tensors(tensors["gaussian"]) if "gaussian" in tensors else None,
+                   head=DefectHead.from_tensors(tensors["defect_head"]) if "defect_head" in tensors else None)
 
 
 def normalization(backbone: nn.Module) -> tuple[list[float], list[float]]:
@@ -88,6 +91,8 @@ class Inspector:
         self.branches = branches
         for _, module in branches.named():
             module.to(self.device)
+        if branches.head is not None:
+            branches.head.to(self.device)
         self.combiner = AnomalyMapCombiner(config.image_size, config.postprocess.sigma).to(self.device)
         self.thresholds = thresholds
         self.mean, self.std = list(mean), list(std)
@@ -166,14 +171,21 @@ class Inspector:
         """Branch features -> final maps ``[B, S, S]``. ``cache`` shares branch maps between
         inspectors built on the same features and branch modules (the fit's candidates)."""
         cache = {} if cache is None else cache
-        branch_maps = []
+        head, nearest, branch_maps = self.branches.head, None, []
         for name, module in self.branches.named():
             with stage(name):
-                if id(module) not in cache:
+                if head is not None and name == "nns":
+                    cache[id(module)], nearest = module.search(inputs[name])
+                elif id(module) not in cache:
                     cache[id(module)] = module(inputs[name])
                 branch_maps.append(cache[id(module)])
+        boost = None
+        if head is not None:
+            with stage("head"):
+                gauss = cache[id(self.branches.gaussian)] if self.branches.gaussian is not None else None
+                boost = head.weight * head(inputs["nns"], nearest, cache[id(self.branches.nns)], gauss)
         with stage("amc"):
-            return self.combiner(branch_maps)
+            return self.combiner(branch_maps, boost)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB ``uint8`` images -> model input ``[B, 3, S, S]``; resized on the device when it is CUDA."""

@@ -53,6 +53,7 @@ def manifest_summary(manifest: Manifest) -> ManifestSummary:
         scoring=fit.selection,
         image_top_fraction=config.postprocess.image_top_fraction,
         psg_selection=fit.psg_selection,
+        defect_head={**fit.head, "shots": asdict(training.defects)} if fit.head and training.defects else fit.head,
         skipped_images=training.skipped,
     )
 

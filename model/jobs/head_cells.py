@@ -1,0 +1,152 @@
+"""What the defect head trains and validates on: images described once through the fitted
+variant, per NNS cell (``Cells``), the abnormal bank built from the labelled defects, and the
+goods that carry a pasted defect.
+
+A set of images is run through the variant's own feature path and branches once; the head's
+inputs for any abnormal bank (each cross-fitting fold has its own) are then built from that
+description without another pass (``head_inputs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.method.defect_head import cell_inputs
+from model.runtime.inspector import Inspector
+
+BORDER = (0.01, 0.5)  # cells this fraction covered by a mask are left out of the loss
+
+
+@dataclass
+class Cells:
+    """A set of images described through the variant, on the NNS grid ``[N, *, h, w]``."""
+
+    features: torch.Tensor  # [N, C, h, w]
+    nearest: torch.Tensor  # [N, C, h, w] nearest normal vector
+    distance: torch.Tensor  # [N, h, w] NNS map
+    gaussian: torch.Tensor | None  # [N, H, W] Gaussian map, None without the branch
+    target: torch.Tensor  # [N, h, w] 1 where a mask covers at least half the cell
+    weight: torch.Tensor  # [N, h, w] 0 at mask borders, else 1
+    image_label: torch.Tensor  # [N] 1 for a defect image without a mask (image-level loss), else 0
+    owner: torch.Tensor  # [N] which labelled defect the image is (-1: none)
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def take(self, index: Sequence[int]) -> Cells:
+        i = torch.as_tensor(list(index), dtype=torch.long)
+        return Cells(*(t[i] if t is not None else None for t in self.__dict__.values()))
+
+    @staticmethod
+    def concat(parts: Sequence[Cells | None]) -> Cells:
+        """The parts (None or empty ones skipped) as one set."""
+        parts = [p for p in parts if p is not None and len(p)]
+        fields = zip(*(p.__dict__.values() for p in parts), strict=True)
+        return Cells(*(None if t[0] is None else torch.cat(t) for t in fields))
+
+    def branch_maps(self) -> list[torch.Tensor]:
+        """The branch maps the Inspector's combiner takes, in its order (nns, gaussian)."""
+        return [self.distance] + ([self.gaussian] if self.gaussian is not None else [])
+
+
+def grid_cover(masks: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+    """Fraction ``[N, h, w]`` of each grid cell that ``masks [N, S, S]`` covers."""
+    m = torch.from_numpy(np.ascontiguousarray(masks)).float().unsqueeze(1)
+    return F.adaptive_avg_pool2d(m, hw).squeeze(1)
+
+
+@torch.inference_mode()
+def describe(inspector: Inspector, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None,
+             owners: Sequence[int] | None = None) -> Cells | None:
+    """``images`` (RGB ``uint8`` at the model input size) through ``inspector``'s feature path and
+    branches, with their ``masks`` (None: a good image; a None entry: a defect without a mask).
+    None for no images."""
+    if not len(images):
+        return None
+    out: dict[str, list[torch.Tensor]] = {"features": [], "nearest": [], "distance": [], "gaussian": []}
+    nns, gauss = inspector.branches.nns, inspector.branches.gaussian
+    for start in range(0, len(images), inspector.config.batch_size):
+        inputs = inspector.branch_inputs(inspector.preprocess(images[start : start + inspector.config.batch_size])
+                                         .to(inspector.device))
+        distance, nearest = nns.search(inputs["nns"])
+        out["features"].append(inputs["nns"].cpu())
+        out["nearest"].append(nearest.cpu())
+        out["distance"].append(distance.cpu())
+        if gauss is not None:
+            out["gaussian"].append(gauss(inputs["gaussian"]).cpu())
+    n, size = len(images), inspector.config.image_size
+    t = {k: torch.cat(v) if v else None for k, v in out.items()}
+    hw = tuple(t["features"].shape[-2:])
+    masks = list(masks) if masks is not None else [np.zeros((size, size), bool)] * n
+    cover = grid_cover(np.stack([m if m is not None else np.zeros((size, size), bool) for m in masks]), hw)
+    border = (cover >= BORDER[0]) & (cover < BORDER[1])
+    maskless = torch.tensor([m is None for m in masks], dtype=torch.float32)
+    return Cells(t["features"], t["nearest"], t["distance"], t["gaussian"], (cover >= BORDER[1]).float(),
+                 (~border).float() * (1 - maskless)[:, None, None], maskless,
+                 torch.as_tensor(list(owners) if owners is not None else [-1] * n, dtype=torch.long))
+
+
+def abnormal_bank(shots: Cells, masks: Sequence[np.ndarray | None], inside: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The NNS features ``[A, C]`` of the cells that the shots' masks cover at least ``inside``
+    (the eroded masks; a mask that covers no cell that much gives its most covered cells), and
+    the shot each came from ``[A]``. Shots without a mask give none."""
+    size = shots.features.shape[0]
+    if not size:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    s = next((m.shape[0] for m in masks if m is not None), 1)
+    cover = grid_cover(np.stack([m if m is not None else np.zeros((s, s), bool) for m in masks]),
+                       tuple(shots.features.shape[-2:]))
+    keep = cover >= inside
+    for i in range(size):  # a thin defect that fills no cell still gives its most covered one
+        if not keep[i].any() and cover[i].max() > 0:
+            keep[i] = cover[i] == cover[i].max()
+    feats = shots.features.permute(0, 2, 3, 1)[keep]
+    owner = shots.owner[:, None, None].expand_as(keep)[keep]
+    return feats, owner
+
+
+def head_inputs(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """The head's unnormalised inputs ``[N, D, h, w]`` of ``cells`` against the abnormal ``bank``;
+    a labelled defect is compared with the other defects' cells only (leave its own out)."""
+    out = []
+    bank = bank if bank.numel() else torch.zeros(0, cells.features.shape[1])
+    for start in range(0, len(cells), chunk):
+        part = cells.take(range(start, min(start + chunk, len(cells))))
+        hw = part.features.shape[-2] * part.features.shape[-1]
+        owner = part.owner.repeat_interleave(hw)
+        exclude = (owner[:, None] == bank_owner[None, :]) & (owner[:, None] >= 0)
+        out.append(cell_inputs(part.features, part.nearest, part.distance, part.gaussian, bank, exclude))
+    return torch.cat(out)
+
+
+def paste_defects(goods: Sequence[np.ndarray], shots: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
+                  n: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``n`` goods (cycling) that each carry one labelled defect's masked region, rotated by a
+    multiple of 90 degrees, maybe flipped and moved anywhere; and their masks. None without masks."""
+    usable = [(s, m) for s, m in zip(shots, masks, strict=True) if m is not None and m.any()]
+    images, out_masks = [], []
+    if not usable or not goods:
+        return images, out_masks
+    size = goods[0].shape[0]
+    for k in range(n):
+        good = goods[k % len(goods)].copy()
+        src, m = usable[rng.integers(len(usable))]
+        turns = int(rng.integers(4))
+        src, m = np.rot90(src, turns), np.rot90(m, turns)
+        if rng.integers(2):
+            src, m = src[:, ::-1], m[:, ::-1]
+        ys, xs = np.nonzero(m)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        ty, tx = int(rng.integers(0, size - (y1 - y0) + 1)), int(rng.integers(0, size - (x1 - x0) + 1))
+        region, patch = m[y0:y1, x0:x1], src[y0:y1, x0:x1]
+        good[ty : ty + y1 - y0, tx : tx + x1 - x0][region] = patch[region]
+        placed = np.zeros((size, size), bool)
+        placed[ty : ty + y1 - y0, tx : tx + x1 - x0] = region
+        images.append(good)
+        out_masks.append(placed)
+    return images, out_masks

@@ -1,0 +1,157 @@
+"""Fit the defect head (``model.method.defect_head``) of a fitted variant from the held-out goods
+and the labelled defects (``fit --defects``), and choose its boost weight without flattering it.
+
+Training cells: the goods (negatives), synthetic defects on them (the self-checking fit's
+families, so types the shots do not show are not forgotten), the shots' mask cells (each
+compared with the other shots' abnormal cells only) and goods carrying a pasted shot. A shot
+without a mask trains at image level: its highest cell logit should say defect.
+
+The weight: ``head.folds``-fold cross-fitting over the shots. For each fold a head is trained
+on the other shots and on one half of the goods, then every weight of ``head.weights`` is
+validated by the self-checking fit's figures and rule (``model.jobs.selection``) on the other
+half of the goods, synthetic defects and nuisance copies made from them, and the fold's shots
+as the labelled defects. The figures are averaged over folds; weight 0 (the unsupervised map)
+comes first, so a tie keeps the head off. The published head is then trained on all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.jobs.head_cells import Cells, abnormal_bank, describe, head_inputs, paste_defects
+from model.jobs.selection import RULE, ValidationImages, choose, figures, fraction_scores, validation_images
+from model.method.config import FitConfig
+from model.method.defect_head import DefectHead
+from model.runtime.execution import to_host
+from model.runtime.inspector import Inspector
+
+log = logging.getLogger(__name__)
+
+
+def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: FitConfig) -> tuple[DefectHead, dict]:
+    """A head (weight 0) trained on ``cells`` against the abnormal ``bank``, and its training record."""
+    h = config.head
+    x = head_inputs(cells, bank, bank_owner)
+    mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3)) + 1e-6
+    torch.manual_seed(config.seed)
+    head = DefectHead(bank, mean, std, h.hidden)
+    optimiser = torch.optim.Adam(head.net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+    pixel = (cells.weight > 0) & (cells.image_label[:, None, None] == 0)
+    positive = float((cells.target * cells.weight).sum())
+    pos_weight = torch.tensor(float(((1 - cells.target) * cells.weight).sum()) / max(positive, 1.0))
+    gen = torch.Generator().manual_seed(config.seed)
+    losses = []
+    head.train()
+    for _ in range(h.steps):
+        i = torch.randint(len(cells), (h.batch_size,), generator=gen)
+        logits = head.logits(x[i])
+        loss = F.binary_cross_entropy_with_logits(logits, cells.target[i], weight=cells.weight[i] * pixel[i],
+                                                  pos_weight=pos_weight)
+        maskless = cells.image_label[i] > 0
+        if maskless.any():  # image-level labels: the most defective cell of a defect image
+            loss = loss + F.binary_cross_entropy_with_logits(logits[maskless].flatten(1).amax(1),
+                                                             torch.ones(int(maskless.sum())))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    head.eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head, {"cells": int(x.shape[0] * x.shape[2] * x.shape[3]), "positive_cells": int(positive),
+                  "abnormal_bank": int(bank.shape[0]), "final_loss": round(float(np.mean(losses[-50:])), 4)}
+
+
+def training_cells(inspector: Inspector, goods: Sequence[np.ndarray], shots: Cells, shot_images: Sequence[np.ndarray],
+                   shot_masks: Sequence[np.ndarray | None], config: FitConfig, rng: np.random.Generator) -> Cells:
+    """The cells a head learns from: ``goods``, synthetic defects and pasted shots on them, and ``shots``."""
+    made = validation_images(list(goods), config)
+    pasted, pasted_masks = paste_defects(goods, shot_images, shot_masks, config.head.pasted, rng)
+    return Cells.concat([describe(inspector, goods), describe(inspector, made.defects, list(made.defect_masks)),
+                         describe(inspector, pasted, pasted_masks), shots])
+
+
+@torch.inference_mode()
+def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImages, cells: Cells,
+                 config: FitConfig) -> dict[str, dict]:
+    """The validation figures of every weight of ``head.weights`` on ``images`` (described as ``cells``)."""
+    p = head(cells.features, cells.nearest, cells.distance, cells.gaussian)
+    table = {}
+    for w in config.head.weights:
+        maps = to_host(inspector.combiner([m.to(inspector.device) for m in cells.branch_maps()],
+                                          (w * p).to(inspector.device) if w else None))
+        scores = fraction_scores(maps, config.postprocess.image_top_fraction)
+        table[str(w)] = figures(scores, maps, images, config)
+    return table
+
+
+def folds(shot_types: Sequence[str], n: int) -> list[list[int]]:
+    """Shots split into ``n`` folds, each type dealt round-robin so a fold sees most types."""
+    out: list[list[int]] = [[] for _ in range(n)]
+    k = 0
+    for t in dict.fromkeys(shot_types):
+        for i, st in enumerate(shot_types):
+            if st == t:
+                out[k % n].append(i)
+                k += 1
+    return [f for f in out if f]
+
+
+def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Sequence[np.ndarray],
+             shot_masks: Sequence[np.ndarray | None], shot_types: Sequence[str], config: FitConfig) -> tuple[DefectHead, dict]:
+    """The head to publish (its weight chosen) and the manifest's ``fit.head`` record."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(config.seed + 2)
+    shots = describe(inspector, shot_images, shot_masks, range(len(shot_images)))
+    bank, bank_owner = abnormal_bank(shots, shot_masks, config.head.inside)
+    half_a, half_b = list(goods[0::2]), list(goods[1::2])
+    split = folds(shot_types, config.head.folds) if config.head.folds > 1 and len(shot_images) > 1 else []
+    per_fold = []
+    for fold in split:
+        rest = [i for i in range(len(shot_images)) if i not in fold]
+        keep = torch.isin(bank_owner, torch.as_tensor(rest, dtype=torch.long))
+        cells = training_cells(inspector, half_a, shots.take(rest), [shot_images[i] for i in rest],
+                               [shot_masks[i] for i in rest], config, rng)
+        head, _ = train(cells, bank[keep], bank_owner[keep], config)
+        labelled_masks = [shot_masks[i] for i in fold]
+        pixels = all(m is not None for m in labelled_masks)
+        images = validation_images(half_b, config, [shot_images[i] for i in fold],
+                                   np.stack(labelled_masks) if pixels else None)
+        val_cells = Cells.concat([describe(inspector, images.goods), describe(inspector, images.defects),
+                                  describe(inspector, images.nuisance), shots.take(fold)])
+        per_fold.append(weight_table(inspector, head, images, val_cells, config))
+    table = _mean_table(per_fold) if per_fold else {}
+    key = choose(table, config) if table else None
+    chosen = float(key) if key is not None else 0.0
+    cells = training_cells(inspector, goods, shots, shot_images, shot_masks, config, rng)
+    head, trained = train(cells, bank, bank_owner, config)
+    head.weight.fill_(chosen)
+    record = {"weight": chosen, "rule": RULE, "candidates": table, "chosen": key,
+              "folds": [[int(i) for i in f] for f in split], "training": trained,
+              "seconds": round(time.perf_counter() - start, 3)}
+    if not split:
+        record["note"] = "one labelled defect: no held-out shot to choose the weight with, so it is 0 (no boost)"
+    log.info("defect head: weight %s chosen (of %s)", chosen, list(config.head.weights))
+    return head, record
+
+
+def _mean_table(tables: list[dict[str, dict]]) -> dict[str, dict]:
+    """Per weight: the figures averaged over folds (those a fold could not measure left out),
+    with every fold's figures kept."""
+    keys = ("image_auroc", "pixel_auroc", "au_pro", "sensitivity", "nuisance_shift")
+    out = {}
+    for w in tables[0]:
+        rows = [t[w] for t in tables]
+        out[w] = {k: _mean([r.get(k) for r in rows]) for k in keys} | {"folds": rows}
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None

@@ -1,0 +1,225 @@
+"""The defect head (issue 17): abnormal bank, per-cell inputs, training, the weight chosen on
+held-out labelled defects, the artifact, server parity and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from model.artifact.store import load_artifact
+from model.jobs.dataset import list_defects
+from model.jobs.evaluate import evaluate
+from model.jobs.fit import fit
+from model.jobs.head_cells import Cells, abnormal_bank, head_inputs, paste_defects
+from model.jobs.head_fit import folds
+from model.method.amc import AnomalyMapCombiner
+from model.method.defect_head import DefectHead, input_channels, nearest_abnormal
+from model.method.memory_bank import MemoryBank
+from model.runtime.imageio import read_image
+from model.runtime.inspector import Inspector
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def defects(tiny_data):
+    return list_defects(tiny_data)[::2]
+
+
+@pytest.fixture(scope="module")
+def with_head(tiny_data, tmp_path_factory, defects):
+    root = tmp_path_factory.mktemp("head")
+    report = fit(tiny_data, "tiles", root, tiny_config(**{"psg.enabled": False}), defects=defects)
+    return report
+
+
+def test_memory_bank_search_gives_the_nearest_vector_and_the_same_distance():
+    gen = torch.Generator().manual_seed(0)
+    bank, feats = torch.randn(37, 6, generator=gen), torch.randn(2, 6, 5, 7, generator=gen)
+    mb = MemoryBank(bank, chunk=4)
+    d, nearest = mb.search(feats)
+    q = feats.permute(0, 2, 3, 1).reshape(-1, 6)
+    ref = bank[torch.cdist(q, bank).argmin(1)].view(2, 5, 7, 6).permute(0, 3, 1, 2)
+    assert torch.equal(nearest, ref) and torch.allclose(d, mb(feats))
+
+
+def test_nearest_abnormal_skips_excluded_rows_and_handles_an_empty_bank():
+    bank = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    q = torch.tensor([[1.0, 0.0], [9.0, 0.0]])
+    d, r = nearest_abnormal(q, bank)
+    assert torch.allclose(d, torch.tensor([1.0, 1.0])) and torch.allclose(r, torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+    d, r = nearest_abnormal(q, bank, torch.tensor([[True, False], [True, False]]))
+    assert torch.allclose(d, torch.tensor([9.0, 1.0]))
+    d, r = nearest_abnormal(q, bank, torch.ones(2, 2, dtype=torch.bool))
+    assert torch.all(d == 1e3) and torch.all(r == 0)
+    d, _ = nearest_abnormal(q, torch.zeros(0, 2))
+    assert torch.all(d == 1e3)
+
+
+def test_a_shot_is_compared_with_the_other_shots_cells_only():
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(2, 3, 4, 4, generator=gen)
+    shots = Cells(feats, torch.zeros_like(feats), torch.ones(2, 4, 4), None, torch.zeros(2, 4, 4),
+                  torch.ones(2, 4, 4), torch.zeros(2), torch.tensor([0, 1]))
+    masks = [np.ones((16, 16), bool), np.ones((16, 16), bool)]
+    bank, owner = abnormal_bank(shots, masks, 0.75)
+    assert bank.shape == (32, 3) and owner.tolist() == [0] * 16 + [1] * 16
+    x = head_inputs(shots, bank, owner)
+    assert x.shape == (2, input_channels(3), 4, 4)
+    own_distance = x[0, 2].exp()  # log distance to the abnormal bank, shot 0's cells
+    other = torch.cdist(feats[0].flatten(1).T, feats[1].flatten(1).T).min(1).values.view(4, 4)
+    assert torch.allclose(own_distance, other, atol=1e-4)  # never 0: its own cells are left out
+
+
+def test_only_cells_mostly_inside_a_mask_join_the_abnormal_bank():
+    feats = torch.randn(1, 3, 4, 4)
+    shots = Cells(feats, feats, torch.ones(1, 4, 4), None, torch.zeros(1, 4, 4), torch.ones(1, 4, 4),
+                  torch.zeros(1), torch.tensor([0]))
+    mask = np.zeros((16, 16), bool)
+    mask[0:4, 0:4] = True  # one whole cell
+    mask[4:6, 4:8] = True  # half a cell
+    bank, _ = abnormal_bank(shots, [mask], 0.75)
+    assert bank.shape[0] == 1 and torch.equal(bank[0], feats[0, :, 0, 0])
+    assert abnormal_bank(shots, [None], 0.75)[0].shape == (0, 3)
+    thin = np.zeros((16, 16), bool)
+    thin[5, 4:8] = True  # a crack: a quarter of one cell
+    bank, _ = abnormal_bank(shots, [thin], 0.75)
+    assert bank.shape[0] == 1 and torch.equal(bank[0], feats[0, :, 1, 1])
+
+
+def test_head_round_trips_through_its_tensors_and_boost_zero_is_the_unsupervised_map():
+    torch.manual_seed(0)
+    c = 5
+    head = DefectHead(torch.randn(7, c), torch.zeros(input_channels(c)), torch.ones(input_channels(c)), 8, 2.0)
+    again = DefectHead.from_tensors({k: v.clone() for k, v in head.tensors().items()})
+    args = (torch.randn(2, c, 6, 6), torch.randn(2, c, 6, 6), torch.rand(2, 6, 6) + 0.1, torch.rand(2, 12, 12) + 0.1)
+    p = head(*args)
+    assert torch.equal(p, again(*args)) and float(again.weight) == 2.0 and ((p >= 0) & (p <= 1)).all()
+    amc = AnomalyMapCombiner(48, 4.0)
+    maps = [torch.rand(2, 6, 6), torch.rand(2, 12, 12)]
+    assert torch.equal(amc(maps, torch.zeros(2, 6, 6)), amc(maps))
+    assert torch.all(amc(maps, p) >= amc(maps) - 1e-6)
+
+
+def test_pasted_defects_carry_the_shots_region_and_mask():
+    rng = np.random.default_rng(0)
+    goods = [np.zeros((32, 32, 3), np.uint8)] * 3
+    shot = np.full((32, 32, 3), 200, np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[3:9, 5:8] = True
+    images, masks = paste_defects(goods, [shot, shot], [mask, None], 5, rng)
+    assert len(images) == 5
+    for image, m in zip(images, masks, strict=True):
+        assert m.sum() == mask.sum() and (image[m] == 200).all() and (image[~m] == 0).all()
+    assert paste_defects(goods, [shot], [None], 5, rng) == ([], [])
+
+
+def test_folds_deal_each_type_round_robin():
+    assert folds(["a", "a", "b", "b", "c"], 2) == [[0, 2, 4], [1, 3]]
+    assert folds(["a", "b"], 2) == [[0], [1]]
+    assert folds(["a"], 2) == [[0]]
+
+
+def test_fit_with_defects_publishes_a_head_with_its_chosen_weight(with_head, defects):
+    m = json.loads((with_head.artifact / "manifest.json").read_text())
+    assert m["config"]["head"]["enabled"] is True
+    record = m["fit"]["head"]
+    assert set(record["candidates"]) == {"0.0", "1.0", "2.0", "4.0"} and record["chosen"] in record["candidates"]
+    assert record["weight"] == float(record["chosen"]) and len(record["folds"]) == 2
+    assert sorted(i for f in record["folds"] for i in f) == list(range(len(defects)))
+    assert record["training"]["abnormal_bank"] > 0 and "head" in m["fit"]["seconds"]
+    tensors = load_artifact(with_head.artifact).tensors
+    assert float(tensors["defect_head"]["weight"]) == record["weight"]
+    assert tensors["defect_head"]["abnormal"].shape[0] == record["training"]["abnormal_bank"]
+    assert any(name.startswith("defect_head") for name in m["files"])
+
+
+def test_the_head_changes_the_map_when_its_weight_is_on(with_head, tiny_data):
+    inspector = Inspector.from_artifact(with_head.artifact)
+    head = inspector.branches.head
+    head.weight.fill_(2.0)
+    image = read_image(str(next((tiny_data / "test").rglob("*.png"))))
+    boosted = inspector.measure([image])[1]
+    head.weight.fill_(0.0)
+    plain = inspector.measure([image])[1]
+    assert not np.allclose(boosted, plain) and (boosted >= plain - 1e-5).all()
+
+
+def test_served_score_equals_evaluate_with_the_head(with_head, tiny_data, defects):
+    inspector = Inspector.from_artifact(with_head.artifact)
+    report = evaluate(inspector, tiny_data)
+    assert report["n_excluded"] == len(defects)
+    expected = {item["file"]: item["score"] for item in report["images"]}
+    app = create_app(Settings(artifacts=with_head.artifact.parent, torch_threads=1))
+    with TestClient(app) as client:
+        for file, score in list(expected.items())[:4]:
+            data = open(file, "rb").read()
+            r = client.post("/inspect/tiles", files={"file": ("x.png", data, "image/png")})
+            assert r.status_code == 200, r.text
+            assert abs(r.json()["score"] - score) <= 1e-4
+        detail = client.get("/categories/tiles").json()["manifest"]["defect_head"]
+    assert detail["weight"] == inspector.manifest.fit.head["weight"] and detail["candidates"]
+    assert detail["shots"]["n"] == len(defects) and len(detail["shots"]["sha256"]) == len(defects)
+
+
+def test_head_off_and_head_on_without_defects(tiny_data, tmp_path, defects):
+    off = fit(tiny_data, "off", tmp_path, tiny_config(**{"psg.enabled": False, "head.enabled": False}), defects=defects)
+    assert "defect_head" not in load_artifact(off.artifact).tensors and off.head is None
+    plain = fit(tiny_data, "plain", tmp_path, tiny_config(**{"psg.enabled": False}))
+    assert plain.head is None and json.loads((plain.artifact / "manifest.json").read_text())["config"]["head"]["enabled"] is False
+    with pytest.raises(ValueError, match="head.enabled=true needs labelled defects"):
+        fit(tiny_data, "on", tmp_path, tiny_config(**{"head.enabled": True}))
+
+
+def test_defects_without_masks_train_the_head_at_image_level(tiny_data, tmp_path):
+    nomasks = tmp_path / "nomasks"
+    shutil.copytree(tiny_data / "test", nomasks / "test")
+    shots = list_defects(nomasks)[::2]
+    assert all(d.mask_path is None for d in shots)
+    report = fit(tiny_data, "imagelevel", tmp_path / "arts", tiny_config(**{"psg.enabled": False}), defects=shots)
+    record = report.head
+    real = [fold["labelled"] for fold in record["candidates"]["0.0"]["folds"]]
+    assert record["training"]["abnormal_bank"] == 0 and real and all(r["pixel_auroc"] is None for r in real)
+    assert all(r["image_auroc"] is not None for r in real)
+    assert evaluate(Inspector.from_artifact(report.artifact), tiny_data)["n_excluded"] == len(shots)
+
+
+def _defects_copy(tiny_data, tmp_path):
+    root = tmp_path / "shots"
+    shutil.copytree(tiny_data / "test", root / "test")
+    shutil.copytree(tiny_data / "ground_truth", root / "ground_truth")
+    shutil.rmtree(root / "test" / "good")
+    return root
+
+
+def test_a_mask_of_another_size_or_an_empty_mask_is_refused_naming_the_file(tiny_data, tmp_path):
+    root = _defects_copy(tiny_data, tmp_path)
+    shots = list_defects(root)
+    target = shots[0].mask_path
+    cv2.imwrite(str(target), np.full((10, 12), 255, np.uint8))
+    with pytest.raises(ValueError, match=rf"{target.name}.*12x10 but its image"):
+        fit(tiny_data, "bad", tmp_path / "arts", tiny_config(), defects=shots)
+    cv2.imwrite(str(target), np.zeros(read_image(str(shots[0].path)).shape[:2], np.uint8))
+    with pytest.raises(ValueError, match=rf"{target.name}: the mask is empty"):
+        fit(tiny_data, "bad", tmp_path / "arts", tiny_config(), defects=shots)
+    assert not (tmp_path / "arts" / "bad").exists()
+
+
+def test_a_defects_folder_of_the_wrong_layout_is_refused(tmp_path, tiny_data):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(next((tiny_data / "test").rglob("*.png")), flat / "a.png")
+    with pytest.raises(FileNotFoundError, match="no test folder"):
+        list_defects(flat)
+    root = _defects_copy(tiny_data, tmp_path)
+    victim = list_defects(root)[0]
+    victim.mask_path.unlink()
+    with pytest.raises(FileNotFoundError, match=victim.mask_path.name):
+        list_defects(root)
