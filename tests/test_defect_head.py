@@ -34,10 +34,17 @@ def defects(tiny_data):
 
 
 @pytest.fixture(scope="module")
+def chosen(tiny_data, tmp_path_factory, defects):
+    """The default: the weight chosen on held-out shots."""
+    return fit(tiny_data, "tiles", tmp_path_factory.mktemp("chosen"), tiny_config(**{"psg.enabled": False}),
+               defects=defects)
+
+
+@pytest.fixture(scope="module")
 def with_head(tiny_data, tmp_path_factory, defects):
-    root = tmp_path_factory.mktemp("head")
-    report = fit(tiny_data, "tiles", root, tiny_config(**{"psg.enabled": False}), defects=defects)
-    return report
+    """One configured weight: the head is always stored."""
+    return fit(tiny_data, "tiles", tmp_path_factory.mktemp("head"),
+               tiny_config(**{"psg.enabled": False, "head.weights": [2.0]}), defects=defects)
 
 
 def test_memory_bank_search_gives_the_nearest_vector_and_the_same_distance():
@@ -127,17 +134,26 @@ def test_folds_deal_each_type_round_robin():
     assert folds(["a"], 2) == [[0]]
 
 
-def test_fit_with_defects_publishes_a_head_with_its_chosen_weight(with_head, defects):
-    m = json.loads((with_head.artifact / "manifest.json").read_text())
-    assert m["config"]["head"]["enabled"] is True
+def test_the_weight_is_chosen_on_held_out_shots_and_a_zero_weight_stores_no_head(chosen, defects):
+    m = json.loads((chosen.artifact / "manifest.json").read_text())
     record = m["fit"]["head"]
     assert set(record["candidates"]) == {"0.0", "1.0", "2.0", "4.0"} and record["chosen"] in record["candidates"]
     assert record["weight"] == float(record["chosen"]) and len(record["folds"]) == 2
     assert sorted(i for f in record["folds"] for i in f) == list(range(len(defects)))
+    for row in record["candidates"].values():
+        assert len(row["folds"]) == 2 and all(f["labelled"]["au_pro"] is not None for f in row["folds"])
+        assert row["sensitivity"] == pytest.approx(np.mean([f["sensitivity"] for f in row["folds"]]))
     assert record["training"]["abnormal_bank"] > 0 and "head" in m["fit"]["seconds"]
-    tensors = load_artifact(with_head.artifact).tensors
-    assert float(tensors["defect_head"]["weight"]) == record["weight"]
-    assert tensors["defect_head"]["abnormal"].shape[0] == record["training"]["abnormal_bank"]
+    stored = "defect_head" in load_artifact(chosen.artifact).tensors
+    assert stored == (record["weight"] > 0) == m["config"]["head"]["enabled"]
+
+
+def test_a_stored_head_carries_its_weight_and_abnormal_bank(with_head):
+    m = json.loads((with_head.artifact / "manifest.json").read_text())
+    record = m["fit"]["head"]
+    assert m["config"]["head"]["enabled"] is True and record["weight"] == 2.0 and "without validation" in record["note"]
+    tensors = load_artifact(with_head.artifact).tensors["defect_head"]
+    assert float(tensors["weight"]) == 2.0 and tensors["abnormal"].shape[0] == record["training"]["abnormal_bank"] > 0
     assert any(name.startswith("defect_head") for name in m["files"])
 
 
@@ -165,7 +181,7 @@ def test_served_score_equals_evaluate_with_the_head(with_head, tiny_data, defect
             assert r.status_code == 200, r.text
             assert abs(r.json()["score"] - score) <= 1e-4
         detail = client.get("/categories/tiles").json()["manifest"]["defect_head"]
-    assert detail["weight"] == inspector.manifest.fit.head["weight"] and detail["candidates"]
+    assert detail["weight"] == inspector.manifest.fit.head["weight"] == 2.0
     assert detail["shots"]["n"] == len(defects) and len(detail["shots"]["sha256"]) == len(defects)
 
 
@@ -184,6 +200,7 @@ def test_defects_without_masks_train_the_head_at_image_level(tiny_data, tmp_path
     shots = list_defects(nomasks)[::2]
     assert all(d.mask_path is None for d in shots)
     report = fit(tiny_data, "imagelevel", tmp_path / "arts", tiny_config(**{"psg.enabled": False}), defects=shots)
+    assert report.head["candidates"]
     record = report.head
     real = [fold["labelled"] for fold in record["candidates"]["0.0"]["folds"]]
     assert record["training"]["abnormal_bank"] == 0 and real and all(r["pixel_auroc"] is None for r in real)

@@ -14,7 +14,7 @@ from scipy import ndimage
 from sklearn import metrics as skm
 
 from model.reporting import plots
-from model.reporting.metrics import au_pro, auroc, binary_counts, f1_at, pro_curve, region_weights, roc_curve
+from model.reporting.metrics import au_pro, auroc, average_precision, binary_counts, f1_at, pro_curve, region_weights, roc_curve
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPO = Path(__file__).resolve().parents[1]
@@ -292,3 +292,16 @@ def test_plots_select_no_backend_and_skip_pyplot(tmp_path) -> None:
     assert state["import_kept_backend"] and state["plot_kept_backend"], state
     assert not state["pyplot_after_import"] and not state["pyplot_after_plot"], state
     assert _is_png(out)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_average_precision_matches_sklearn(ties: bool) -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=500)
+    if ties:
+        scores = np.round(scores, 1)
+    labels = rng.random(500) < 0.2
+    scores[labels] += 0.7
+    assert average_precision(scores, labels) == pytest.approx(skm.average_precision_score(labels, scores),
+                                                                      abs=1e-12)
+    assert average_precision(scores, np.zeros(500)) is None

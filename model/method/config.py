@@ -183,13 +183,16 @@ class HeadConfig:
     goods (negatives), synthetic defects on them, the labelled defects' mask cells and
     ``pasted`` goods that carry a labelled defect's masked region (rotated, flipped, moved).
     Its boost ``weight`` is chosen from ``weights`` by the self-checking fit's rule on labelled
-    defects it did not train on (``folds``-fold cross-fitting); 0, no boost, comes first.
+    defects it did not train on (``folds``-fold cross-fitting); 0, no boost, comes first so a tie
+    keeps the unsupervised map, and a head whose weight is 0 is not stored. A single weight is
+    used as given, without the cross-fitting.
     """
 
     enabled: bool | str = AUTO
     hidden: int = 32
     steps: int = 800
     batch_size: int = 32
+    crop: int = 16  # training windows of this many NNS cells square
     lr: float = 3e-3
     weight_decay: float = 1e-3
     pasted: int = 200
@@ -238,8 +241,8 @@ class FitConfig:
         for name in ("psg", "head"):
             if not (isinstance(getattr(self, name).enabled, bool) or getattr(self, name).enabled == AUTO):
                 raise ValueError(f"{name}.enabled must be true, false or {AUTO!r}, got {getattr(self, name).enabled!r}")
-        if not self.head.weights or self.head.weights[0] != 0 or min(self.head.weights) < 0 or self.head.folds < 1:
-            raise ValueError(f"head.weights must start with 0 (no boost) and be >= 0, and head.folds >= 1, "
+        if not self.head.weights or min(self.head.weights) < 0 or self.head.folds < 1:
+            raise ValueError(f"head.weights must be one or more numbers >= 0 and head.folds >= 1, "
                              f"got {self.head.weights!r} and {self.head.folds!r}")
 
     def to_dict(self) -> dict[str, Any]:

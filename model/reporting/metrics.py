@@ -10,6 +10,7 @@ scikit-learn or scipy; the tests check these functions against both.
   8-connected components per image, PRO is the mean over all regions (of all images) of
   the covered fraction, FPR is over all defect-free pixels, and the area is integrated up
   to ``fpr_limit`` and normalised by it.
+* ``average_precision`` is ``sklearn.metrics.average_precision_score`` (pixel AP).
 * ``binary_counts`` / ``f1_at`` use the product's decision rule: positive iff
   ``score > threshold``.
 """
@@ -118,6 +119,21 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     fpr = np.concatenate(([0.0], fps / n_neg))
     tpr = np.concatenate(([0.0], tps / n_pos))
     return fpr, tpr, np.concatenate(([np.inf], thresholds.astype(np.float64)))
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Average precision of ``scores`` against binary ``labels`` (any shapes, flattened): the sum
+    over distinct thresholds of the recall gained times the precision there, exactly as
+    ``sklearn.metrics.average_precision_score``. ``None`` without a positive."""
+    s = _flat_scores(scores)
+    y = _flat_labels(labels, s.size)
+    n_pos = int(np.count_nonzero(y))
+    if n_pos == 0:
+        return None
+    _, fps, tps = _descending_counts(s, y)
+    precision = tps / (tps + fps)
+    recall_gain = np.diff(np.concatenate(([0], tps))) / n_pos
+    return float(np.sum(recall_gain * precision))
 
 
 def _check_maps(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

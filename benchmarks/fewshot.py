@@ -1,0 +1,188 @@
+"""Issue 17's protocol: the defect head against K = 0, on shots drawn from the test set.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/fewshot.py --data ../shared/data/magnetic_tile/magnetic_tile \\
+        --name mt --out runs/fewshot/mt.json [--ks 1,2,5] [--seeds 0,1,2] [--regimes general,hard]
+    .venv/bin/python benchmarks/fewshot.py --table runs/fewshot/mt.json
+
+The category is fitted once without shots (PSG off, the scoring chosen as usual): that is the
+K = 0 row and the variant every head is trained on. For every regime, K and seed, shots are
+drawn from the test images whose mask is not empty:
+
+* **general**: K of every defect type; scored on the rest of the test set (seen types);
+* **hard**: K of one type (the seed picks it); scored on the goods and the other types (unseen).
+
+The head is trained and its weight chosen by the product's own ``head_fit.fit_head``, and the
+thresholds come from F1 on the held-out goods plus the shots, as ``fit --defects`` sets them.
+The test set is described once through the variant; the maps with and without the head come
+from the Inspector's own combiner on those branch maps (``tests/test_defect_head.py`` checks
+that the served score equals ``evaluate``'s). K = 0 is scored on the same reduced test set,
+with its false-alarm-rate thresholds. Reported per row: image AUROC, pixel AUROC, AU-PRO, pixel
+AP, image F1 and pixel F1 at the row's own thresholds, AU-PRO per type, and the head's time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from model.jobs.dataset import list_test_set, read_mask  # noqa: E402
+from model.jobs.fit import fit  # noqa: E402
+from model.jobs.head_cells import Cells, describe  # noqa: E402
+from model.jobs.head_fit import fit_head  # noqa: E402
+from model.jobs.host import keep_freed_memory  # noqa: E402
+from model.method.amc import image_scores  # noqa: E402
+from model.method.calibration import calibrate_on_good, calibrate_with_defects  # noqa: E402
+from model.method.config import FitConfig  # noqa: E402
+from model.reporting import metrics  # noqa: E402
+from model.runtime.imageio import read_image, resize_rgb  # noqa: E402
+from model.runtime.inspector import Inspector  # noqa: E402
+
+METRICS = ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap", "image_f1", "pixel_f1")
+
+
+@torch.inference_mode()
+def final_maps(inspector: Inspector, cells: Cells, head=None, chunk: int = 32) -> np.ndarray:
+    """Final maps ``[N, S, S]`` of described images, boosted by ``head`` (its weight) when given."""
+    out = []
+    for start in range(0, len(cells), chunk):
+        part = cells.take(range(start, min(start + chunk, len(cells))))
+        boost = None
+        if head is not None and float(head.weight) > 0:
+            boost = head.weight * head(part.features, part.nearest, part.distance, part.gaussian)
+        out.append(inspector.combiner(part.branch_maps(), boost).numpy())
+    return np.concatenate(out)
+
+
+def scores_of(maps: np.ndarray, inspector: Inspector) -> np.ndarray:
+    return image_scores(torch.from_numpy(maps), inspector.config.postprocess.image_top_fraction).numpy().astype(np.float64)
+
+
+def block(scores, labels, maps, masks, thresholds, types) -> dict:
+    row = metrics.metric_block(scores, labels, maps, masks)
+    row["pixel_ap"] = metrics.average_precision(maps, masks)
+    row["image_f1"] = metrics.f1_at(scores, labels, thresholds.image)
+    row["pixel_f1"] = metrics.f1_at(maps, masks, thresholds.pixel)
+    good = types == "good"
+    row["au_pro_by_type"] = {t: metrics.au_pro(maps[good | (types == t)], masks[good | (types == t)])
+                             for t in sorted(set(types) - {"good"})}
+    return row
+
+
+def draw(types: np.ndarray, nonempty: np.ndarray, regime: str, k: int, seed: int) -> tuple[list[int], str | None]:
+    """Indices of the shots, and the one type of the hard regime."""
+    rng = np.random.default_rng(seed)
+    kinds = sorted(set(types) - {"good"})
+    chosen = [kinds[seed % len(kinds)]] if regime == "hard" else kinds
+    picks = []
+    for t in chosen:
+        candidates = np.flatnonzero((types == t) & nonempty)
+        picks += sorted(rng.choice(candidates, min(k, len(candidates)), replace=False).tolist())
+    return picks, (chosen[0] if regime == "hard" else None)
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    out = Path(args.out)
+    config = FitConfig().with_overrides({"psg.enabled": False, "head.enabled": False})
+    t0 = time.perf_counter()
+    report = fit(args.data, args.name, out.parent / f"{args.name}-artifacts", config)
+    fit_seconds = time.perf_counter() - t0
+    inspector = Inspector.from_artifact(report.artifact)
+    cfg, size = inspector.config, inspector.config.image_size
+    holdout = inspector.manifest.training.holdout_files
+    goods = [resize_rgb(read_image(str(Path(args.data) / "train" / "good" / f)), size) for f in holdout]
+    samples, _ = list_test_set(args.data)
+    images = [resize_rgb(read_image(str(s.path)), size) for s in samples]
+    types = np.array([s.defect for s in samples])
+    labels = np.array([s.label for s in samples])
+    masks = np.stack([read_mask(s, size) for s in samples])
+    nonempty = masks.reshape(len(masks), -1).any(1)
+    test, good_cells = describe(inspector, images), describe(inspector, goods)
+    base_maps, good_maps = final_maps(inspector, test), final_maps(inspector, good_cells)
+    base_scores, good_scores = scores_of(base_maps, inspector), scores_of(good_maps, inspector)
+    base_thresholds = calibrate_on_good(good_scores, good_maps, cfg.calibration.image_false_alarm_rate,
+                                        cfg.calibration.pixel_false_alarm_rate)
+    result = {"category": args.name, "fit_seconds_k0": round(fit_seconds, 1), "scoring": cfg.scoring,
+              "n_test": len(samples), "n_holdout": len(goods), "rows": []}
+    for regime in args.regimes.split(","):
+        for k in [int(v) for v in args.ks.split(",")]:
+            for seed in [int(v) for v in args.seeds.split(",")]:
+                shots, hard_type = draw(types, nonempty, regime, k, seed)
+                t = time.perf_counter()
+                head, record = fit_head(inspector, goods, [images[i] for i in shots], [masks[i] for i in shots],
+                                        [str(types[i]) for i in shots], cfg)
+                head_seconds = time.perf_counter() - t
+                keep = np.array([i not in set(shots) and types[i] != hard_type for i in range(len(samples))])
+                maps = final_maps(inspector, test.take(np.flatnonzero(keep)), head)
+                scores = scores_of(maps, inspector)
+                cal_cells = Cells.concat([good_cells, test.take(shots)])
+                cal_maps = final_maps(inspector, cal_cells, head)
+                cal_masks = np.concatenate([np.zeros((len(goods), size, size), bool), masks[shots]])
+                thresholds = calibrate_with_defects(scores_of(cal_maps, inspector), np.r_[np.zeros(len(goods)),
+                                                    np.ones(len(shots))], cal_maps, cal_masks,
+                                                    cfg.calibration.pixel_false_alarm_rate)
+                row = {"regime": regime, "k": k, "seed": seed, "shots": [str(samples[i].path.name) for i in shots],
+                       "hard_type": hard_type, "weight": record["weight"], "head_seconds": round(head_seconds, 1),
+                       "n_scored": int(keep.sum()),
+                       "k0": block(base_scores[keep], labels[keep], base_maps[keep], masks[keep], base_thresholds,
+                                   types[keep]),
+                       "head": block(scores, labels[keep], maps, masks[keep], thresholds, types[keep]),
+                       "validation": {w: {m: r[m] for m in ("sensitivity", "nuisance_shift")}
+                                      for w, r in record["candidates"].items()}}
+                result["rows"].append(row)
+                print(json.dumps({k_: row[k_] for k_ in ("regime", "k", "seed", "weight", "head_seconds")}),
+                      _line("K=0", row["k0"]), _line("head", row["head"]), sep="\n", flush=True)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _line(name: str, b: dict) -> str:
+    return f"  {name:5s} " + " ".join(f"{m}={b[m]:.4f}" for m in METRICS if b[m] is not None)
+
+
+def table(paths: list[str]) -> str:
+    """Markdown: per category, regime and K, mean (spread = max - min over seeds) of head - K=0."""
+    lines = ["| category | regime | K | seeds | weight | " + " | ".join(METRICS) + " | head s |",
+             "|---|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
+    for p in paths:
+        res = json.loads(Path(p).read_text())
+        groups: dict[tuple, list] = {}
+        for r in res["rows"]:
+            groups.setdefault((r["regime"], r["k"]), []).append(r)
+        for (regime, k), rows in groups.items():
+            cells = []
+            for m in METRICS:
+                d = [r["head"][m] - r["k0"][m] for r in rows if r["head"][m] is not None]
+                k0 = np.mean([r["k0"][m] for r in rows])
+                cells.append(f"{k0:.4f} {np.mean(d):+.4f} (±{(max(d) - min(d)) / 2:.4f})" if d else "–")
+            weights = ",".join(f"{r['weight']:g}" for r in rows)
+            secs = np.mean([r["head_seconds"] for r in rows])
+            lines.append(f"| {res['category']} | {regime} | {k} | {len(rows)} | {weights} | " + " | ".join(cells)
+                         + f" | {secs:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--data")
+    p.add_argument("--name")
+    p.add_argument("--out")
+    p.add_argument("--ks", default="1,2,5")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--regimes", default="general,hard")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--table", nargs="*")
+    args = p.parse_args()
+    print(table(args.table) if args.table else json.dumps(run(args)["rows"][-1:], indent=1)[:2000])
+
+
+if __name__ == "__main__":
+    main()
