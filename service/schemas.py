@@ -92,7 +92,7 @@ class ManifestSummary(BaseModel):
     backbone_arch: str | None = None
     backbone_weights: str | None = None
     image_size: int | None = None
-    blocks: dict[str, bool] = Field(default_factory=dict, description="method blocks (nns, gaussian, psg, fusion) switched on or off")
+    blocks: dict[str, bool] = Field(default_factory=dict, description="method blocks (nns, gaussian, psg, fusion, head) switched on or off")
     thresholds: Thresholds | None = None
     bank_size: int | None = None
     n_patches: int | None = None

@@ -35,6 +35,7 @@ def tiny_config(**overrides) -> FitConfig:
         "nns.coreset_ratio": 0.1,
         "calibration.min_holdout": 3,
         "head.steps": 20,
+        "head.fold_steps": 10,
         "head.pasted": 8,
     }
     base.update(overrides)

@@ -274,7 +274,7 @@ def test_categories_health_and_readiness(client):
     manifest = detail["manifest"]
     assert detail["artifact_id"].startswith("alpha-") and detail["state"] == "ready"
     assert manifest["backbone_arch"] == "tf_efficientnet_lite0" and manifest["image_size"] == 64
-    assert manifest["blocks"] == {"nns": True, "gaussian": True, "psg": False, "fusion": False}
+    assert manifest["blocks"] == {"nns": True, "gaussian": True, "psg": False, "fusion": False, "head": False}
     assert manifest["thresholds"]["image"] > 0 and manifest["bank_size"] > 0
     assert manifest["training_images"] == 12 and manifest["created_at"]
     assert manifest["labelled_defects"] == 0 and manifest["validation"] is None

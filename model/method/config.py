@@ -191,8 +191,8 @@ class HeadConfig:
     enabled: bool | str = AUTO
     hidden: int = 32
     steps: int = 800
+    fold_steps: int = 400  # each cross-fitting head only ranks the weights, on half the goods
     batch_size: int = 32
-    crop: int = 16  # training windows of this many NNS cells square
     lr: float = 3e-3
     weight_decay: float = 1e-3
     pasted: int = 200
