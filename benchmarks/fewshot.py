@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> dict:
                                         cfg.calibration.pixel_false_alarm_rate)
     result = {"category": args.name, "fit_seconds_k0": fit_seconds, "scoring": cfg.scoring,
               "n_test": len(samples), "n_holdout": len(goods), "rows": []}
+    last_head = None
     for regime in args.regimes.split(","):
         for k in [int(v) for v in args.ks.split(",")]:
             for seed in [int(v) for v in args.seeds.split(",")]:
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> dict:
                 head, record = fit_head(inspector, goods, [images[i] for i in shots], [masks[i] for i in shots],
                                         [str(types[i]) for i in shots], cfg)
                 head_seconds = time.perf_counter() - t
+                last_head = head or last_head
                 keep = np.array([i not in set(shots) and types[i] != hard_type for i in range(len(samples))])
                 maps = final_maps(inspector, test.take(np.flatnonzero(keep)), head)
                 scores = scores_of(maps, inspector)
@@ -143,9 +145,10 @@ def run(args: argparse.Namespace) -> dict:
                       _line("K=0", row["k0"]), _line("head", row["head"]), sep="\n", flush=True)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(result, indent=1))
-    result["latency_batch1"] = latency(inspector, head, images[:: max(1, len(images) // 20)][:20])
-    print("latency", result["latency_batch1"], flush=True)
-    out.write_text(json.dumps(result, indent=1))
+    if last_head is not None:
+        result["latency_batch1"] = latency(inspector, last_head, images[:: max(1, len(images) // 20)][:20])
+        print("latency", result["latency_batch1"], flush=True)
+        out.write_text(json.dumps(result, indent=1))
     return result
 
 

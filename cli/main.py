@@ -96,7 +96,7 @@ def _print_head(record: dict | None) -> None:
         print(f"head       off: {record['skipped']}")
         return
     print(f"head       weight {record['weight']:g} (0: off), abnormal bank "
-          f"{record['training']['abnormal_bank']} cells; chosen on held-out labelled defects by the same rule:")
+          f"{record['abnormal_bank']} cells; chosen on held-out labelled defects by the same rule:")
     _print_table(record)
     if record.get("note"):
         print(f"           {record['note']}")

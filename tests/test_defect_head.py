@@ -143,7 +143,7 @@ def test_the_weight_is_chosen_on_held_out_shots_and_a_zero_weight_stores_no_head
     for row in record["candidates"].values():
         assert len(row["folds"]) == 2 and all(f["labelled"]["au_pro"] is not None for f in row["folds"])
         assert row["sensitivity"] == pytest.approx(np.mean([f["sensitivity"] for f in row["folds"]]))
-    assert record["training"]["abnormal_bank"] > 0 and "head" in m["fit"]["seconds"]
+    assert record["abnormal_bank"] > 0 and "head" in m["fit"]["seconds"]
     stored = "defect_head" in load_artifact(chosen.artifact).tensors
     assert stored == (record["weight"] > 0) == m["config"]["head"]["enabled"]
 
@@ -153,7 +153,7 @@ def test_a_stored_head_carries_its_weight_and_abnormal_bank(with_head):
     record = m["fit"]["head"]
     assert m["config"]["head"]["enabled"] is True and record["weight"] == 2.0 and "without validation" in record["note"]
     tensors = load_artifact(with_head.artifact).tensors["defect_head"]
-    assert float(tensors["weight"]) == 2.0 and tensors["abnormal"].shape[0] == record["training"]["abnormal_bank"] > 0
+    assert float(tensors["weight"]) == 2.0 and tensors["abnormal"].shape[0] == record["abnormal_bank"] > 0
     assert any(name.startswith("defect_head") for name in m["files"])
 
 
@@ -203,7 +203,7 @@ def test_defects_without_masks_train_the_head_at_image_level(tiny_data, tmp_path
     assert report.head["candidates"]
     record = report.head
     real = [fold["labelled"] for fold in record["candidates"]["0.0"]["folds"]]
-    assert record["training"]["abnormal_bank"] == 0 and real and all(r["pixel_auroc"] is None for r in real)
+    assert record["abnormal_bank"] == 0 and real and all(r["pixel_auroc"] is None for r in real)
     assert all(r["image_auroc"] is not None for r in real)
     assert evaluate(Inspector.from_artifact(report.artifact), tiny_data)["n_excluded"] == len(shots)
 

@@ -167,7 +167,7 @@ def attach_head(variant: Variant, images: Callable[[], ValidationImages], defect
             masks = [read_mask(d, config.image_size) if d.mask_path is not None else None for d in defects]
             head, record = fit_head(variant.inspector(device), made.goods, made.labelled, masks,
                                     [d.defect for d in defects], config)
-        if record["weight"] == 0:  # the unsupervised map won: nothing to store or to run
+        if head is None:  # weight 0: the unsupervised map won, nothing to store or to run
             return replace(variant, config=config.with_overrides({"head.enabled": False})), record
         return replace(variant, head=head, config=config.with_overrides({"head.enabled": True})), record
     record = None

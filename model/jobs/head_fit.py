@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -67,16 +68,21 @@ def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: Fi
     for p in head.parameters():
         p.requires_grad_(False)
     return head, {"cells": int(x.shape[0] * x.shape[2] * x.shape[3]), "positive_cells": int(positive),
-                  "abnormal_bank": int(bank.shape[0]), "final_loss": round(float(np.mean(losses[-50:])), 4)}
+                  "steps": steps, "final_loss": round(float(np.mean(losses[-50:])), 4)}
 
 
-def training_cells(inspector: Inspector, goods: Sequence[np.ndarray], shots: Cells, shot_images: Sequence[np.ndarray],
-                   shot_masks: Sequence[np.ndarray | None], config: FitConfig, rng: np.random.Generator) -> Cells:
-    """The cells a head learns from: ``goods``, synthetic defects and pasted shots on them, and ``shots``."""
+def described_goods(inspector: Inspector, goods: Sequence[np.ndarray], config: FitConfig) -> Cells:
+    """``goods`` and synthetic defects on them (the self-checking fit's families), described."""
     made = validation_images(list(goods), config)
+    return Cells.concat([describe(inspector, goods), describe(inspector, made.defects, list(made.defect_masks))])
+
+
+def training_cells(inspector: Inspector, goods: Sequence[np.ndarray], described: Cells, shots: Cells,
+                   shot_images: Sequence[np.ndarray], shot_masks: Sequence[np.ndarray | None], config: FitConfig,
+                   rng: np.random.Generator) -> Cells:
+    """The cells a head learns from: the ``described`` goods, goods that carry a pasted shot, and ``shots``."""
     pasted, pasted_masks = paste_defects(goods, shot_images, shot_masks, config.head.pasted, rng)
-    return Cells.concat([describe(inspector, goods), describe(inspector, made.defects, list(made.defect_masks)),
-                         describe(inspector, pasted, pasted_masks), shots])
+    return Cells.concat([described, describe(inspector, pasted, pasted_masks), shots])
 
 
 @torch.inference_mode()
@@ -106,44 +112,58 @@ def folds(shot_types: Sequence[str], n: int) -> list[list[int]]:
 
 
 def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Sequence[np.ndarray],
-             shot_masks: Sequence[np.ndarray | None], shot_types: Sequence[str], config: FitConfig) -> tuple[DefectHead, dict]:
-    """The head to publish (its weight chosen) and the manifest's ``fit.head`` record."""
+             shot_masks: Sequence[np.ndarray | None], shot_types: Sequence[str],
+             config: FitConfig) -> tuple[DefectHead | None, dict]:
+    """The head to publish, with its weight (None when the weight chosen is 0: nothing to train or
+    store), and the manifest's ``fit.head`` record."""
     start = time.perf_counter()
     rng = np.random.default_rng(config.seed + 2)
     shots = describe(inspector, shot_images, shot_masks, range(len(shot_images)))
     bank, bank_owner = abnormal_bank(shots, shot_masks, config.head.inside)
-    half_a, half_b = list(goods[0::2]), list(goods[1::2])
     choosing = len(config.head.weights) > 1
     split = folds(shot_types, config.head.folds) if choosing and config.head.folds > 1 and len(shot_images) > 1 else []
-    per_fold = []
-    for fold in split:
-        rest = [i for i in range(len(shot_images)) if i not in fold]
-        keep = torch.isin(bank_owner, torch.as_tensor(rest, dtype=torch.long))
-        cells = training_cells(inspector, half_a, shots.take(rest), [shot_images[i] for i in rest],
-                               [shot_masks[i] for i in rest], config, rng)
-        head, _ = train(cells, bank[keep], bank_owner[keep], config, config.head.fold_steps)
-        labelled_masks = [shot_masks[i] for i in fold]
-        pixels = all(m is not None for m in labelled_masks)
-        images = validation_images(half_b, config, [shot_images[i] for i in fold],
-                                   np.stack(labelled_masks) if pixels else None)
-        val_cells = Cells.concat([describe(inspector, images.goods), describe(inspector, images.defects),
-                                  describe(inspector, images.nuisance), shots.take(fold)])
-        per_fold.append(weight_table(inspector, head, images, val_cells, config))
-    table = _mean_table(per_fold) if per_fold else {}
+    table = _mean_table(cross_fit(inspector, goods, shots, shot_images, shot_masks, bank, bank_owner, split,
+                                  config, rng)) if split else {}
     key = choose(table, config) if table else None
     chosen = float(key) if key is not None else (0.0 if choosing else float(config.head.weights[0]))
-    cells = training_cells(inspector, goods, shots, shot_images, shot_masks, config, rng)
-    head, trained = train(cells, bank, bank_owner, config, config.head.steps)
-    head.weight.fill_(chosen)
     record = {"weight": chosen, "rule": RULE, "candidates": table, "chosen": key,
-              "folds": [[int(i) for i in f] for f in split], "training": trained,
-              "seconds": round(time.perf_counter() - start, 3)}
+              "folds": [[int(i) for i in f] for f in split], "training": None}
+    head = None
+    if chosen > 0:
+        cells = training_cells(inspector, goods, described_goods(inspector, goods, config), shots, shot_images,
+                               shot_masks, config, rng)
+        head, record["training"] = train(cells, bank, bank_owner, config, config.head.steps)
+        head.weight.fill_(chosen)
     if not choosing:
         record["note"] = f"the one configured weight, {chosen:g}, without validation"
     elif not split:
-        record["note"] = "one labelled defect: no held-out shot to choose the weight with, so it is 0 (no boost)"
+        record["note"] = "one labelled defect: no held-out shot to choose the weight with, so it is 0 (no head)"
+    record.update(abnormal_bank=int(bank.shape[0]), seconds=round(time.perf_counter() - start, 3))
     log.info("defect head: weight %s chosen (of %s)", chosen, list(config.head.weights))
     return head, record
+
+
+def cross_fit(inspector: Inspector, goods: Sequence[np.ndarray], shots: Cells, shot_images: Sequence[np.ndarray],
+              shot_masks: Sequence[np.ndarray | None], bank: torch.Tensor, bank_owner: torch.Tensor,
+              split: list[list[int]], config: FitConfig, rng: np.random.Generator) -> list[dict[str, dict]]:
+    """Every fold's weight table: a head trained on the other folds' shots and one half of the
+    goods, validated on the fold's shots and images made from the other half."""
+    half_a, half_b = list(goods[0::2]), list(goods[1::2])
+    train_goods = described_goods(inspector, half_a, config)
+    made = validation_images(half_b, config)
+    described = [describe(inspector, made.goods), describe(inspector, made.defects), describe(inspector, made.nuisance)]
+    tables = []
+    for fold in split:
+        rest = [i for i in range(len(shot_images)) if i not in fold]
+        keep = torch.isin(bank_owner, torch.as_tensor(rest, dtype=torch.long))
+        cells = training_cells(inspector, half_a, train_goods, shots.take(rest), [shot_images[i] for i in rest],
+                               [shot_masks[i] for i in rest], config, rng)
+        head, _ = train(cells, bank[keep], bank_owner[keep], config, config.head.fold_steps)
+        masks = [shot_masks[i] for i in fold]
+        images = replace(made, labelled=[shot_images[i] for i in fold],
+                         labelled_masks=np.stack(masks) if all(m is not None for m in masks) else None)
+        tables.append(weight_table(inspector, head, images, Cells.concat([*described, shots.take(fold)]), config))
+    return tables
 
 
 def _mean_table(tables: list[dict[str, dict]]) -> dict[str, dict]:

@@ -57,6 +57,7 @@ function facts(d) {
     ["Training", `${m.training_images} good images${skipped}; memory bank ${num(m.bank_size)} vectors`],
     ["Labelled defects", m.labelled_defects ? `${m.labelled_defects} used; ${validation(m.validation)}`
       : "none: the thresholds come from the held-out good parts"]);
+  if (m.defect_head) rows.push(["Defect head", defectHead(m.defect_head)]);
   if (d.drift) rows.push(["Drift", `${d.drift.status}: ${d.drift.hint}`]);
   return rows;
 }
@@ -65,6 +66,14 @@ function scoring(s) {
   if (!s) return "not recorded";
   const note = s.warning ? `. Warning: ${s.warning}` : s.fallback ? `. ${s.fallback}` : "";
   return `${s.chosen ?? "the branches as configured"} (${s.mode})${note}`;
+}
+
+function defectHead(h) {
+  if (h.skipped) return `off: ${h.skipped}`;
+  const shots = h.shots ? Object.entries(h.shots.per_type).map(([t, n]) => `${n} ${t}`).join(", ") : "";
+  const what = h.weight > 0 ? `on, weight ${num(h.weight)}: the map is boosted where the head sees a defect`
+    : "off: on defects it did not train on, it did not beat the map without it";
+  return `${what}${shots ? `; learned from ${shots}` : ""}`;
 }
 
 function validation(v) {
