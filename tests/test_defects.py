@@ -168,6 +168,7 @@ def test_cli_fit_with_defects_reports_the_choice(tiny_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "without the cutpaste, scar defects PSG trains on" in out and "labelled defects" in out
     assert " without_psg " in out and " with_psg " in out
+    assert "head       " in out and "chosen on held-out labelled defects" in out and " 4.0 " in out
     assert cli_main(fit_args(tiny_data, "--set", "psg.enabled=maybe")) == 2
     assert "psg.enabled must be" in capsys.readouterr().err
     assert cli_main(fit_args(tmp_path / "none")) == 2
