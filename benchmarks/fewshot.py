@@ -54,7 +54,7 @@ def final_maps(inspector: Inspector, cells: Cells, head=None, chunk: int = 32) -
         part = cells.take(range(start, min(start + chunk, len(cells))))
         boost = None
         if head is not None and float(head.weight) > 0:
-            boost = head.weight * head(part.features, part.nearest, part.distance, part.gaussian)
+            boost = head.weight * head(part.features, part.nearest, part.gaussian)
         out.append(inspector.combiner(part.branch_maps(), boost).numpy())
     return np.concatenate(out)
 

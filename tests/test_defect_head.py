@@ -19,7 +19,7 @@ from model.jobs.fit import fit
 from model.jobs.head_cells import Cells, abnormal_bank, head_inputs, paste_defects
 from model.jobs.head_fit import folds
 from model.method.amc import AnomalyMapCombiner
-from model.method.defect_head import DefectHead, input_channels, nearest_abnormal
+from model.method.defect_head import FLOOR, DefectHead, input_channels, nearest_abnormal
 from model.method.memory_bank import MemoryBank
 from model.runtime.imageio import read_image
 from model.runtime.inspector import Inspector
@@ -80,7 +80,7 @@ def test_a_shot_is_compared_with_the_other_shots_cells_only():
     assert bank.shape == (32, 3) and owner.tolist() == [0] * 16 + [1] * 16
     x = head_inputs(shots, bank, owner)
     assert x.shape == (2, input_channels(3), 4, 4)
-    own_distance = x[0, 2].exp()  # log distance to the abnormal bank, shot 0's cells
+    own_distance = x[0, 2].exp() - FLOOR  # log distance to the abnormal bank, shot 0's cells
     other = torch.cdist(feats[0].flatten(1).T, feats[1].flatten(1).T).min(1).values.view(4, 4)
     assert torch.allclose(own_distance, other, atol=1e-4)  # never 0: its own cells are left out
 
@@ -106,7 +106,7 @@ def test_head_round_trips_through_its_tensors_and_boost_zero_is_the_unsupervised
     c = 5
     head = DefectHead(torch.randn(7, c), torch.zeros(input_channels(c)), torch.ones(input_channels(c)), 8, 2.0)
     again = DefectHead.from_tensors({k: v.clone() for k, v in head.tensors().items()})
-    args = (torch.randn(2, c, 6, 6), torch.randn(2, c, 6, 6), torch.rand(2, 6, 6) + 0.1, torch.rand(2, 12, 12) + 0.1)
+    args = (torch.randn(2, c, 6, 6), torch.randn(2, c, 6, 6), torch.rand(2, 12, 12) + 0.1)
     p = head(*args)
     assert torch.equal(p, again(*args)) and float(again.weight) == 2.0 and ((p >= 0) & (p <= 1)).all()
     amc = AnomalyMapCombiner(48, 4.0)
@@ -240,3 +240,10 @@ def test_a_defects_folder_of_the_wrong_layout_is_refused(tmp_path, tiny_data):
     victim.mask_path.unlink()
     with pytest.raises(FileNotFoundError, match=victim.mask_path.name):
         list_defects(root)
+
+
+def test_onnx_runtime_scores_equal_torch_with_the_head(with_head, tiny_data):
+    images = [read_image(str(p)) for p in sorted((tiny_data / "test").rglob("*.png"))[:6]]
+    torch_scores = Inspector.from_artifact(with_head.artifact).measure(images)[0]
+    ort_scores = Inspector.from_artifact(with_head.artifact, runtime="onnxruntime").measure(images)[0]
+    np.testing.assert_allclose(ort_scores, torch_scores, rtol=1e-4)

@@ -120,7 +120,7 @@ def head_inputs(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, chun
         hw = part.features.shape[-2] * part.features.shape[-1]
         owner = part.owner.repeat_interleave(hw)
         exclude = (owner[:, None] == bank_owner[None, :]) & (owner[:, None] >= 0)
-        out.append(cell_inputs(part.features, part.nearest, part.distance, part.gaussian, bank, exclude))
+        out.append(cell_inputs(part.features, part.nearest, part.gaussian, bank, exclude))
     return torch.cat(out)
 
 

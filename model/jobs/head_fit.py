@@ -89,7 +89,7 @@ def training_cells(inspector: Inspector, goods: Sequence[np.ndarray], described:
 def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImages, cells: Cells,
                  config: FitConfig) -> dict[str, dict]:
     """The validation figures of every weight of ``head.weights`` on ``images`` (described as ``cells``)."""
-    p = head(cells.features, cells.nearest, cells.distance, cells.gaussian)
+    p = head(cells.features, cells.nearest, cells.gaussian)
     table = {}
     for w in config.head.weights:
         maps = to_host(inspector.combiner([m.to(inspector.device) for m in cells.branch_maps()],

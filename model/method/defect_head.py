@@ -23,7 +23,11 @@ from torch import nn
 
 from model.method.memory_bank import flatten_patches
 
-EPS = 1e-6
+# Added to distances before their log and as the residual directions' denominator: far below
+# the distances between features (1-10 for the default backbone), far above float noise. A test
+# patch equal to a bank vector (an image the fit learned from, inspected again) then gives the
+# same inputs on every runtime instead of the log of rounding noise.
+FLOOR = 1e-2
 N_SCALARS = 4
 
 
@@ -56,25 +60,25 @@ def nearest_abnormal(queries: torch.Tensor, abnormal: torch.Tensor,
     d2, index = d2.min(1)
     far = torch.isinf(d2)
     residual = torch.where(far[:, None], torch.zeros_like(queries), queries - abnormal[index])
-    return torch.where(far, torch.full_like(d2, 1e3), d2.sqrt()), residual
+    return torch.where(far, torch.full_like(d2, 1e3), residual.norm(dim=1)), residual  # exact, not the expansion
 
 
-def cell_inputs(features: torch.Tensor, normal_nearest: torch.Tensor, normal_distance: torch.Tensor,
-                gaussian_map: torch.Tensor | None, abnormal: torch.Tensor,
+def cell_inputs(features: torch.Tensor, normal_nearest: torch.Tensor, gaussian_map: torch.Tensor | None,
+                abnormal: torch.Tensor,
                 exclude: torch.Tensor | None = None) -> torch.Tensor:
     """The head's unnormalised inputs ``[B, D, h, w]`` from the NNS features ``[B, C, h, w]``, each
-    cell's nearest normal vector ``[B, C, h, w]`` and distance ``[B, h, w]``, the Gaussian map
-    ``[B, H, W]`` (None without the branch: its term is 0) and the abnormal bank ``[A, C]``."""
+    cell's nearest normal vector ``[B, C, h, w]``, the Gaussian map ``[B, H, W]`` (None without
+    the branch: its term is constant) and the abnormal bank ``[A, C]``."""
     b, c, h, w = features.shape
     q = flatten_patches(features)
     d_ab, r_ab = nearest_abnormal(q, abnormal, exclude)
-    d_n = normal_distance.reshape(-1)
     r_n = q - flatten_patches(normal_nearest)
+    d_n = r_n.norm(dim=1)  # exact, unlike the bank search's expanded form near 0
     maha = (F.adaptive_avg_pool2d(gaussian_map.unsqueeze(1), (h, w)).reshape(-1) if gaussian_map is not None
             else torch.ones_like(d_n))
-    log_n, log_ab = d_n.clamp_min(EPS).log(), d_ab.clamp_min(EPS).log()
-    scalars = torch.stack([log_n, maha.clamp_min(EPS).log(), log_ab, log_n - log_ab], 1)
-    x = torch.cat([scalars, r_n / (d_n[:, None] + EPS), q, r_ab / (d_ab[:, None] + EPS)], 1)
+    log_n, log_ab = (d_n + FLOOR).log(), (d_ab + FLOOR).log()
+    scalars = torch.stack([log_n, (maha + FLOOR).log(), log_ab, log_n - log_ab], 1)
+    x = torch.cat([scalars, r_n / (d_n[:, None] + FLOOR), q, r_ab / (d_ab[:, None] + FLOOR)], 1)
     return x.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
@@ -97,9 +101,9 @@ class DefectHead(nn.Module):
         """Unnormalised inputs ``[B, D, h, w]`` -> logits ``[B, h, w]``."""
         return self.net(self.normalise(x)).squeeze(1)
 
-    def forward(self, features: torch.Tensor, normal_nearest: torch.Tensor, normal_distance: torch.Tensor,
+    def forward(self, features: torch.Tensor, normal_nearest: torch.Tensor,
                 gaussian_map: torch.Tensor | None) -> torch.Tensor:
-        x = cell_inputs(features, normal_nearest, normal_distance, gaussian_map, self.abnormal)
+        x = cell_inputs(features, normal_nearest, gaussian_map, self.abnormal)
         return torch.sigmoid(self.logits(x))
 
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -183,7 +183,7 @@ class Inspector:
         if head is not None:
             with stage("head"):
                 gauss = cache[id(self.branches.gaussian)] if self.branches.gaussian is not None else None
-                boost = head.weight * head(inputs["nns"], nearest, cache[id(self.branches.nns)], gauss)
+                boost = head.weight * head(inputs["nns"], nearest, gauss)
         with stage("amc"):
             return self.combiner(branch_maps, boost)
 
