@@ -138,8 +138,9 @@ def run(args: argparse.Namespace) -> dict:
                        "k0": block(base_scores[keep], labels[keep], base_maps[keep], masks[keep], base_thresholds,
                                    types[keep]),
                        "head": block(scores, labels[keep], maps, masks[keep], thresholds, types[keep]),
-                       "validation": {w: {m: r[m] for m in ("sensitivity", "nuisance_shift")}
-                                      for w, r in record["candidates"].items()}}
+                       "kept_floor": record["kept_floor"],
+                       "validation": {w: {m: r[m] for m in ("image_auroc", "pixel_auroc", "au_pro", "sensitivity",
+                                                            "nuisance_shift")} for w, r in record["candidates"].items()}}
                 result["rows"].append(row)
                 print(json.dumps({k_: row[k_] for k_ in ("regime", "k", "seed", "weight", "head_seconds")}),
                       _line("K=0", row["k0"]), _line("head", row["head"]), sep="\n", flush=True)

@@ -98,6 +98,9 @@ def _print_head(record: dict | None) -> None:
     print(f"head       weight {record['weight']:g} (0: off), abnormal bank "
           f"{record['abnormal_bank']} cells; chosen on held-out labelled defects by the same rule:")
     _print_table(record)
+    dropped = [w for w in record["candidates"] if w not in record.get("kept_floor", record["candidates"])]
+    if dropped:
+        print(f"           not eligible, they cost the synthetic defects (types no shot shows): {', '.join(dropped)}")
     if record.get("note"):
         print(f"           {record['note']}")
 

@@ -247,3 +247,15 @@ def test_onnx_runtime_scores_equal_torch_with_the_head(with_head, tiny_data):
     torch_scores = Inspector.from_artifact(with_head.artifact).measure(images)[0]
     ort_scores = Inspector.from_artifact(with_head.artifact, runtime="onnxruntime").measure(images)[0]
     np.testing.assert_allclose(ort_scores, torch_scores, rtol=1e-4)
+
+
+def test_a_weight_that_costs_the_synthetic_defects_is_not_eligible():
+    from model.jobs.head_fit import keep_floor
+
+    def row(image, pixel, pro, sens):
+        return {"image_auroc": image, "pixel_auroc": pixel, "au_pro": pro, "sensitivity": sens, "nuisance_shift": 0.0}
+
+    table = {"0.0": row(0.90, 0.90, 0.80, 0.80), "1.0": row(0.897, 0.95, 0.85, 0.85), "2.0": row(0.89, 0.96, 0.86, 0.9)}
+    config = tiny_config()
+    assert list(keep_floor(table, config)) == ["0.0", "1.0"]
+    assert list(keep_floor({k: table[k] for k in ("1.0", "2.0")}, config)) == ["1.0", "2.0"]  # no 0: no floor

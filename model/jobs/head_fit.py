@@ -10,8 +10,11 @@ The weight: ``head.folds``-fold cross-fitting over the shots. For each fold a he
 on the other shots and on one half of the goods, then every weight of ``head.weights`` is
 validated by the self-checking fit's figures and rule (``model.jobs.selection``) on the other
 half of the goods, synthetic defects and nuisance copies made from them, and the fold's shots
-as the labelled defects. The figures are averaged over folds; weight 0 (the unsupervised map)
-comes first, so a tie keeps the head off. The published head is then trained on all of them.
+as the labelled defects. The figures are averaged over folds. A weight must first keep the
+floor for types no shot shows: on the synthetic defects alone, none of image AUROC, pixel
+AUROC and AU-PRO may fall more than ``head.floor_margin`` below weight 0's. Weight 0 (the
+unsupervised map) comes first, so a tie keeps the head off. The published head is then
+trained on all of them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from model.runtime.execution import to_host
 from model.runtime.inspector import Inspector
 
 log = logging.getLogger(__name__)
+
+SYNTHETIC = ("image_auroc", "pixel_auroc", "au_pro")  # a row's figures on the synthetic defects
+FLOOR_RULE = ("on the synthetic defects (types the shots do not show), no figure more than head.floor_margin "
+              "below weight 0's")
 
 
 def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: FitConfig,
@@ -124,9 +131,11 @@ def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Seq
     split = folds(shot_types, config.head.folds) if choosing and config.head.folds > 1 and len(shot_images) > 1 else []
     table = _mean_table(cross_fit(inspector, goods, shots, shot_images, shot_masks, bank, bank_owner, split,
                                   config, rng)) if split else {}
-    key = choose(table, config) if table else None
+    eligible = keep_floor(table, config)
+    key = choose(eligible, config) if eligible else None
     chosen = float(key) if key is not None else (0.0 if choosing else float(config.head.weights[0]))
-    record = {"weight": chosen, "rule": RULE, "candidates": table, "chosen": key,
+    record = {"weight": chosen, "rule": f"{FLOOR_RULE}; then {RULE}", "candidates": table,
+              "kept_floor": list(eligible), "chosen": key,
               "folds": [[int(i) for i in f] for f in split], "training": None}
     head = None
     if chosen > 0:
@@ -164,6 +173,17 @@ def cross_fit(inspector: Inspector, goods: Sequence[np.ndarray], shots: Cells, s
                          labelled_masks=np.stack(masks) if all(m is not None for m in masks) else None)
         tables.append(weight_table(inspector, head, images, Cells.concat([*described, shots.take(fold)]), config))
     return tables
+
+
+def keep_floor(table: dict[str, dict], config: FitConfig) -> dict[str, dict]:
+    """The weights that keep the unsupervised map as the floor for defect types no shot shows
+    (``FLOOR_RULE``): their synthetic defects stand for those types."""
+    if not table or float(next(iter(table))) != 0:
+        return table
+    base = next(iter(table.values()))
+    margin = config.head.floor_margin
+    return {w: row for w, row in table.items()
+            if all(row[m] is None or base[m] is None or row[m] >= base[m] - margin for m in SYNTHETIC)}
 
 
 def _mean_table(tables: list[dict[str, dict]]) -> dict[str, dict]:

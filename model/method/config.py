@@ -199,6 +199,9 @@ class HeadConfig:
     inside: float = 0.75  # a cell joins the abnormal bank when its mask covers at least this fraction
     weights: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     folds: int = 2
+    # A weight whose figures on the synthetic defects (standing for the types no shot shows) fall
+    # more than this below weight 0's is not eligible: the unsupervised map stays their floor.
+    floor_margin: float = 0.005
 
 
 @dataclass
