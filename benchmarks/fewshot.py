@@ -43,6 +43,7 @@ from model.reporting import metrics  # noqa: E402
 from model.runtime.imageio import read_image, resize_rgb  # noqa: E402
 from model.runtime.inspector import Inspector  # noqa: E402
 
+VALIDATION = ("image_auroc", "pixel_auroc", "au_pro", "sensitivity", "nuisance_shift")  # synthetic + rule
 METRICS = ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap", "image_f1", "pixel_f1")
 
 
@@ -60,7 +61,8 @@ def final_maps(inspector: Inspector, cells: Cells, head=None, chunk: int = 32) -
 
 
 def scores_of(maps: np.ndarray, inspector: Inspector) -> np.ndarray:
-    return image_scores(torch.from_numpy(maps), inspector.config.postprocess.image_top_fraction).numpy().astype(np.float64)
+    fraction = inspector.config.postprocess.image_top_fraction
+    return image_scores(torch.from_numpy(maps), fraction).numpy().astype(np.float64)
 
 
 def block(scores, labels, maps, masks, thresholds, types) -> dict:
@@ -139,8 +141,7 @@ def run(args: argparse.Namespace) -> dict:
                                    types[keep]),
                        "head": block(scores, labels[keep], maps, masks[keep], thresholds, types[keep]),
                        "kept_floor": record["kept_floor"],
-                       "validation": {w: {m: r[m] for m in ("image_auroc", "pixel_auroc", "au_pro", "sensitivity",
-                                                            "nuisance_shift")} for w, r in record["candidates"].items()}}
+                       "validation": {w: {m: r[m] for m in VALIDATION} for w, r in record["candidates"].items()}}
                 result["rows"].append(row)
                 print(json.dumps({k_: row[k_] for k_ in ("regime", "k", "seed", "weight", "head_seconds")}),
                       _line("K=0", row["k0"]), _line("head", row["head"]), sep="\n", flush=True)

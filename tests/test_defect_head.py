@@ -189,7 +189,8 @@ def test_head_off_and_head_on_without_defects(tiny_data, tmp_path, defects):
     off = fit(tiny_data, "off", tmp_path, tiny_config(**{"psg.enabled": False, "head.enabled": False}), defects=defects)
     assert "defect_head" not in load_artifact(off.artifact).tensors and off.head is None
     plain = fit(tiny_data, "plain", tmp_path, tiny_config(**{"psg.enabled": False}))
-    assert plain.head is None and json.loads((plain.artifact / "manifest.json").read_text())["config"]["head"]["enabled"] is False
+    manifest = json.loads((plain.artifact / "manifest.json").read_text())
+    assert plain.head is None and manifest["config"]["head"]["enabled"] is False
     with pytest.raises(ValueError, match="head.enabled=true needs labelled defects"):
         fit(tiny_data, "on", tmp_path, tiny_config(**{"head.enabled": True}))
 

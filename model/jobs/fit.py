@@ -6,7 +6,9 @@ pass, NNS patches collected, Gaussian moments streamed), coreset (memory bank), 
 (scores and maps of the held-out goods and labelled defects through the Inspector the
 server uses, then thresholds) and write (atomic publish). With ``psg.enabled="auto"`` and
 labelled defects, a PSG variant of the chosen scoring is fitted too, and the self-checking
-fit's rule (``model.jobs.selection``) decides which one is published.
+fit's rule (``model.jobs.selection``) decides which one is published; then, with
+``head.enabled`` true or "auto", the defect head is trained on them (stage head,
+``model.jobs.head_fit``) before calibration.
 
 The CLI calls ``model.jobs.host.keep_freed_memory`` before a fit (a process-wide switch).
 """
@@ -33,10 +35,24 @@ from model.artifact.manifest import (
     Training,
 )
 from model.artifact.store import artifact_size_bytes, validate_category, write_artifact
-from model.jobs.dataset import TestSample, check_defect_masks, file_sha256, fingerprint, list_images, read_mask, split_decodable
+from model.jobs.dataset import (
+    TestSample,
+    check_defect_masks,
+    file_sha256,
+    fingerprint,
+    list_images,
+    read_mask,
+    split_decodable,
+)
 from model.jobs.head_fit import fit_head
 from model.jobs.progress import ProgressFactory, silent_progress
-from model.jobs.selection import ValidationImages, branches_needed, load_validation_images, select_psg, select_scoring
+from model.jobs.selection import (
+    ValidationImages,
+    branches_needed,
+    load_validation_images,
+    select_psg,
+    select_scoring,
+)
 from model.jobs.variant import Variant, batches, fit_parts, fit_variant
 from model.method.calibration import Thresholds, calibrate_on_good, calibrate_with_defects, score_statistics
 from model.method.config import AUTO, FitConfig

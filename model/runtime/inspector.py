@@ -52,7 +52,7 @@ class Branches:
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, dict[str, torch.Tensor]]) -> Branches:
-        """The branches an artifact's tensors hold (``memory_bank``, ``gaussian``)."""
+        """The branches an artifact's tensors hold (``memory_bank``, ``gaussian``, ``defect_head``)."""
         return cls(nns=MemoryBank(tensors["memory_bank"]["bank"]) if "memory_bank" in tensors else None,
                    gaussian=GaussianModel.from_tensors(tensors["gaussian"]) if "gaussian" in tensors else None,
                    head=DefectHead.from_tensors(tensors["defect_head"]) if "defect_head" in tensors else None)
