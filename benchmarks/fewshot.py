@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.jobs.dataset import list_test_set, read_mask  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
 from model.jobs.head_cells import Cells, describe  # noqa: E402
-from model.jobs.head_fit import fit_head  # noqa: E402
+from model.jobs.head_fit import FIGURES, fit_head  # noqa: E402
 from model.jobs.host import keep_freed_memory  # noqa: E402
 from model.method.amc import image_scores  # noqa: E402
 from model.method.calibration import calibrate_on_good, calibrate_with_defects  # noqa: E402
@@ -43,7 +43,6 @@ from model.reporting import metrics  # noqa: E402
 from model.runtime.imageio import read_image, resize_rgb  # noqa: E402
 from model.runtime.inspector import Inspector  # noqa: E402
 
-VALIDATION = ("image_auroc", "pixel_auroc", "au_pro", "sensitivity", "nuisance_shift")  # synthetic + rule
 METRICS = ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap", "image_f1", "pixel_f1")
 
 
@@ -141,7 +140,7 @@ def run(args: argparse.Namespace) -> dict:
                                    types[keep]),
                        "head": block(scores, labels[keep], maps, masks[keep], thresholds, types[keep]),
                        "kept_floor": record["kept_floor"],
-                       "validation": {w: {m: r[m] for m in VALIDATION} for w, r in record["candidates"].items()}}
+                       "validation": {w: {m: r[m] for m in FIGURES} for w, r in record["candidates"].items()}}
                 result["rows"].append(row)
                 print(json.dumps({k_: row[k_] for k_ in ("regime", "k", "seed", "weight", "head_seconds")}),
                       _line("K=0", row["k0"]), _line("head", row["head"]), sep="\n", flush=True)

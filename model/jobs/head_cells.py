@@ -31,7 +31,7 @@ class Cells:
     distance: torch.Tensor  # [N, h, w] NNS map
     gaussian: torch.Tensor | None  # [N, H, W] Gaussian map, None without the branch
     target: torch.Tensor  # [N, h, w] 1 where a mask covers at least half the cell
-    weight: torch.Tensor  # [N, h, w] 0 at mask borders, else 1
+    weight: torch.Tensor  # [N, h, w] pixel-loss weight: 0 at mask borders and on defects without a mask, else 1
     image_label: torch.Tensor  # [N] 1 for a defect image without a mask (image-level loss), else 0
     owner: torch.Tensor  # [N] which labelled defect the image is (-1: none)
 
@@ -54,10 +54,12 @@ class Cells:
         return [self.distance] + ([self.gaussian] if self.gaussian is not None else [])
 
 
-def grid_cover(masks: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
-    """Fraction ``[N, h, w]`` of each grid cell that ``masks [N, S, S]`` covers."""
-    m = torch.from_numpy(np.ascontiguousarray(masks)).float().unsqueeze(1)
-    return F.adaptive_avg_pool2d(m, hw).squeeze(1)
+def grid_cover(masks: Sequence[np.ndarray | None], size: int, hw: tuple[int, int]) -> torch.Tensor:
+    """Fraction ``[N, h, w]`` of each grid cell that ``masks`` (each ``[size, size]``, or None:
+    nothing) covers."""
+    empty = np.zeros((size, size), bool)
+    m = torch.from_numpy(np.stack([np.ascontiguousarray(k) if k is not None else empty for k in masks]))
+    return F.adaptive_avg_pool2d(m.float().unsqueeze(1), hw).squeeze(1)
 
 
 @torch.inference_mode()
@@ -83,7 +85,7 @@ def describe(inspector: Inspector, images: Sequence[np.ndarray], masks: Sequence
     t = {k: torch.cat(v) if v else None for k, v in out.items()}
     hw = tuple(t["features"].shape[-2:])
     masks = list(masks) if masks is not None else [np.zeros((size, size), bool)] * n
-    cover = grid_cover(np.stack([m if m is not None else np.zeros((size, size), bool) for m in masks]), hw)
+    cover = grid_cover(masks, size, hw)
     border = (cover >= BORDER[0]) & (cover < BORDER[1])
     maskless = torch.tensor([m is None for m in masks], dtype=torch.float32)
     return Cells(t["features"], t["nearest"], t["distance"], t["gaussian"], (cover >= BORDER[1]).float(),
@@ -95,14 +97,10 @@ def abnormal_bank(shots: Cells, masks: Sequence[np.ndarray | None], inside: floa
     """The NNS features ``[A, C]`` of the cells that the shots' masks cover at least ``inside``
     (the eroded masks; a mask that covers no cell that much gives its most covered cells), and
     the shot each came from ``[A]``. Shots without a mask give none."""
-    size = shots.features.shape[0]
-    if not size:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    s = next((m.shape[0] for m in masks if m is not None), 1)
-    cover = grid_cover(np.stack([m if m is not None else np.zeros((s, s), bool) for m in masks]),
-                       tuple(shots.features.shape[-2:]))
+    size = next((m.shape[0] for m in masks if m is not None), 1)
+    cover = grid_cover(masks, size, tuple(shots.features.shape[-2:]))
     keep = cover >= inside
-    for i in range(size):  # a thin defect that fills no cell still gives its most covered one
+    for i in range(len(shots)):  # a thin defect that fills no cell still gives its most covered one
         if not keep[i].any() and cover[i].max() > 0:
             keep[i] = cover[i] == cover[i].max()
     feats = shots.features.permute(0, 2, 3, 1)[keep]
@@ -114,7 +112,6 @@ def head_inputs(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, chun
     """The head's unnormalised inputs ``[N, D, h, w]`` of ``cells`` against the abnormal ``bank``;
     a labelled defect is compared with the other defects' cells only (leave its own out)."""
     out = []
-    bank = bank if bank.numel() else torch.zeros(0, cells.features.shape[1])
     for start in range(0, len(cells), chunk):
         part = cells.take(range(start, min(start + chunk, len(cells))))
         hw = part.features.shape[-2] * part.features.shape[-1]

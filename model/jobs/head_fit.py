@@ -38,6 +38,7 @@ from model.runtime.inspector import Inspector
 log = logging.getLogger(__name__)
 
 SYNTHETIC = ("image_auroc", "pixel_auroc", "au_pro")  # a row's figures on the synthetic defects
+FIGURES = (*SYNTHETIC, "sensitivity", "nuisance_shift")  # what the weight table averages over folds
 FLOOR_RULE = ("on the synthetic defects (types the shots do not show), no figure more than head.floor_margin "
               "below weight 0's")
 
@@ -53,7 +54,6 @@ def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: Fi
     torch.manual_seed(config.seed)
     head = DefectHead(bank, mean, std, h.hidden)
     optimiser = torch.optim.Adam(head.net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
-    loss_weight = cells.weight * (cells.image_label[:, None, None] == 0)
     positive = float((cells.target * cells.weight).sum())
     pos_weight = torch.tensor(float(((1 - cells.target) * cells.weight).sum()) / max(positive, 1.0))
     gen = torch.Generator().manual_seed(config.seed)
@@ -63,7 +63,7 @@ def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: Fi
     for _ in range(steps):
         i = torch.randint(len(cells), (h.batch_size,), generator=gen)
         logits = head.logits(x[i])
-        loss = F.binary_cross_entropy_with_logits(logits, cells.target[i], weight=loss_weight[i], pos_weight=pos_weight)
+        loss = F.binary_cross_entropy_with_logits(logits, cells.target[i], weight=cells.weight[i], pos_weight=pos_weight)
         if len(maskless):  # image-level labels: the most defective cell of a defect image
             j = maskless[torch.randint(len(maskless), (1,), generator=gen)]
             loss = loss + F.binary_cross_entropy_with_logits(head.logits(x[j]).flatten(1).amax(1), torch.ones(1))
@@ -189,11 +189,10 @@ def keep_floor(table: dict[str, dict], config: FitConfig) -> dict[str, dict]:
 def _mean_table(tables: list[dict[str, dict]]) -> dict[str, dict]:
     """Per weight: the figures averaged over folds (those a fold could not measure left out),
     with every fold's figures kept."""
-    keys = ("image_auroc", "pixel_auroc", "au_pro", "sensitivity", "nuisance_shift")
     out = {}
     for w in tables[0]:
         rows = [t[w] for t in tables]
-        out[w] = {k: _mean([r.get(k) for r in rows]) for k in keys} | {"folds": rows}
+        out[w] = {k: _mean([r.get(k) for r in rows]) for k in FIGURES} | {"folds": rows}
     return out
 
 
