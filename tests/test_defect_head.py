@@ -19,7 +19,8 @@ from model.jobs.fit import fit
 from model.jobs.head_cells import Cells, abnormal_bank, head_inputs, paste_defects
 from model.jobs.head_fit import folds
 from model.method.amc import AnomalyMapCombiner
-from model.method.defect_head import FLOOR, DefectHead, input_channels, nearest_abnormal
+from model.method.config import FitConfig
+from model.method.defect_head import FLOOR, DefectHead, cell_inputs, input_channels, nearest_abnormal, principal_basis
 from model.method.memory_bank import MemoryBank
 from model.runtime.imageio import read_image
 from model.runtime.inspector import Inspector
@@ -76,7 +77,7 @@ def test_a_shot_is_compared_with_the_other_shots_cells_only():
     shots = Cells(feats, torch.zeros_like(feats), torch.ones(2, 4, 4), None, torch.zeros(2, 4, 4),
                   torch.ones(2, 4, 4), torch.zeros(2), torch.tensor([0, 1]))
     masks = [np.ones((16, 16), bool), np.ones((16, 16), bool)]
-    bank, owner = abnormal_bank(shots, masks, 0.75)
+    bank, owner = abnormal_bank(shots, masks, 0.75, 256)
     assert bank.shape == (32, 3) and owner.tolist() == [0] * 16 + [1] * 16
     x = head_inputs(shots, bank, owner)
     assert x.shape == (2, input_channels(3), 4, 4)
@@ -92,23 +93,37 @@ def test_only_cells_mostly_inside_a_mask_join_the_abnormal_bank():
     mask = np.zeros((16, 16), bool)
     mask[0:4, 0:4] = True  # one whole cell
     mask[4:6, 4:8] = True  # half a cell
-    bank, _ = abnormal_bank(shots, [mask], 0.75)
+    bank, _ = abnormal_bank(shots, [mask], 0.75, 256)
     assert bank.shape[0] == 1 and torch.equal(bank[0], feats[0, :, 0, 0])
-    assert abnormal_bank(shots, [None], 0.75)[0].shape == (0, 3)
+    assert abnormal_bank(shots, [None], 0.75, 256)[0].shape == (0, 3)
     thin = np.zeros((16, 16), bool)
     thin[5, 4:8] = True  # a crack: a quarter of one cell
-    bank, _ = abnormal_bank(shots, [thin], 0.75)
+    bank, _ = abnormal_bank(shots, [thin], 0.75, 256)
     assert bank.shape[0] == 1 and torch.equal(bank[0], feats[0, :, 1, 1])
+
+
+def test_a_large_defect_gives_a_coreset_of_its_cells_with_their_owners():
+    feats = torch.randn(2, 3, 8, 8)
+    shots = Cells(feats, feats, torch.ones(2, 8, 8), None, torch.zeros(2, 8, 8), torch.ones(2, 8, 8),
+                  torch.zeros(2), torch.tensor([0, 1]))
+    everywhere = np.ones((16, 16), bool)
+    bank, owner = abnormal_bank(shots, [everywhere, everywhere], 0.75, 10)
+    cells = feats.permute(0, 2, 3, 1).reshape(-1, 3)
+    rows = [int(torch.nonzero((cells == b).all(1))[0]) for b in bank]
+    assert bank.shape == (10, 3) and len(set(rows)) == 10
+    assert owner.tolist() == [r // 64 for r in rows]  # each kept cell keeps its shot
 
 
 def test_head_round_trips_through_its_tensors_and_boost_zero_is_the_unsupervised_map():
     torch.manual_seed(0)
     c = 5
-    head = DefectHead(torch.randn(7, c), torch.zeros(input_channels(c)), torch.ones(input_channels(c)), 8, 2.0)
+    d = input_channels(c)
+    head = DefectHead(torch.randn(7, c), torch.zeros(d), torch.ones(d), torch.randn(4, d), 8, 3, 2.0)
     again = DefectHead.from_tensors({k: v.clone() for k, v in head.tensors().items()})
     args = (torch.randn(2, c, 6, 6), torch.randn(2, c, 6, 6), torch.rand(2, 12, 12) + 0.1)
     p = head(*args)
     assert torch.equal(p, again(*args)) and float(again.weight) == 2.0 and ((p >= 0) & (p <= 1)).all()
+    assert again.net[-1].out_channels == 3 and again.net[0].out_channels == 3 * 8  # three members of 8
     amc = AnomalyMapCombiner(48, 4.0)
     maps = [torch.rand(2, 6, 6), torch.rand(2, 12, 12)]
     assert torch.equal(amc(maps, torch.zeros(2, 6, 6)), amc(maps))
@@ -121,11 +136,23 @@ def test_pasted_defects_carry_the_shots_region_and_mask():
     shot = np.full((32, 32, 3), 200, np.uint8)
     mask = np.zeros((32, 32), bool)
     mask[3:9, 5:8] = True
-    images, masks = paste_defects(goods, [shot, shot], [mask, None], 5, rng)
-    assert len(images) == 5
+    images, masks, sources = paste_defects(goods, [shot, shot], [mask, None], 5, rng)
+    assert len(images) == 5 and sources == [0] * 5
     for image, m in zip(images, masks, strict=True):
         assert m.sum() == mask.sum() and (image[m] == 200).all() and (image[~m] == 0).all()
-    assert paste_defects(goods, [shot], [None], 5, rng) == ([], [])
+    assert paste_defects(goods, [shot], [None], 5, rng) == ([], [], [])
+
+
+def test_the_projection_keeps_the_direction_that_sets_rare_defect_cells_apart():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 6, generator=gen) * torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0, 0.1])
+    positive = torch.zeros(2000, dtype=torch.bool)
+    positive[:20] = True
+    x[:20, 5] += 8.0  # 1 % of the cells differ along the normal cells' weakest direction
+    basis = principal_basis(x, positive, 2)
+    assert basis.shape == (2, 6) and torch.allclose(basis @ basis.T, torch.eye(2), atol=1e-5)
+    assert abs(float(basis[0, 5])) > 0.9  # a plain PCA would keep the two strongest directions
+
 
 
 def test_folds_deal_each_type_round_robin():
@@ -260,3 +287,26 @@ def test_a_weight_that_costs_the_synthetic_defects_is_not_eligible():
     config = tiny_config()
     assert list(keep_floor(table, config)) == ["0.0", "1.0"]
     assert list(keep_floor({k: table[k] for k in ("1.0", "2.0")}, config)) == ["1.0", "2.0"]  # no 0: no floor
+
+
+def test_a_head_from_an_earlier_build_is_refused_with_a_clear_error():
+    d = input_channels(3)
+    tensors = DefectHead(torch.randn(2, 3), torch.zeros(d), torch.ones(d), torch.eye(d)[:4], 8).tensors()
+    del tensors["basis"]
+    with pytest.raises(ValueError, match="fit it again with --defects"):
+        DefectHead.from_tensors(tensors)
+
+
+def test_the_heads_direct_projection_equals_projecting_the_built_inputs():
+    torch.manual_seed(1)
+    c, d = 6, input_channels(6)
+    head = DefectHead(torch.randn(9, c), torch.randn(d), torch.rand(d) + 0.5, torch.randn(5, d), 8, 2, 1.0)
+    args = (torch.randn(2, c, 5, 5), torch.randn(2, c, 5, 5), torch.rand(2, 20, 20) + 0.1)
+    built = head.probability(head.logits(cell_inputs(*args, head.abnormal)))
+    assert torch.allclose(head(*args), built, atol=1e-5)
+
+
+@pytest.mark.parametrize("key", ["head.members", "head.components", "head.bank_size", "head.hidden"])
+def test_head_sizes_below_one_are_refused(key):
+    with pytest.raises(ValueError, match="must be whole numbers >= 1"):
+        FitConfig().with_overrides({key: 0})

@@ -4,7 +4,8 @@ goods that carry a pasted defect.
 
 A set of images is run through the variant's own feature path and branches once; the head's
 inputs for any abnormal bank (each cross-fitting fold has its own) are then built from that
-description without another pass (``head_inputs``).
+description without another pass (``head_inputs``). ``Pool`` holds everything a fit's heads
+learn from and are validated on, described once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.jobs.selection import ValidationImages, validation_images
+from model.method.config import FitConfig
+from model.method.coreset import greedy_coreset
 from model.method.defect_head import cell_inputs
 from model.runtime.inspector import Inspector
 
@@ -93,10 +97,13 @@ def describe(inspector: Inspector, images: Sequence[np.ndarray], masks: Sequence
                  torch.as_tensor(list(owners) if owners is not None else [-1] * n, dtype=torch.long))
 
 
-def abnormal_bank(shots: Cells, masks: Sequence[np.ndarray | None], inside: float) -> tuple[torch.Tensor, torch.Tensor]:
+def abnormal_bank(shots: Cells, masks: Sequence[np.ndarray | None], inside: float,
+                  size_cap: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The NNS features ``[A, C]`` of the cells that the shots' masks cover at least ``inside``
     (the eroded masks; a mask that covers no cell that much gives its most covered cells), and
-    the shot each came from ``[A]``. Shots without a mask give none."""
+    the shot each came from ``[A]``. Shots without a mask give none. Beyond ``size_cap`` cells a
+    k-center coreset of them (as the normal bank's) keeps the search cheap: large defects give
+    thousands of near-duplicate cells."""
     size = next((m.shape[0] for m in masks if m is not None), 1)
     cover = grid_cover(masks, size, tuple(shots.features.shape[-2:]))
     keep = cover >= inside
@@ -105,7 +112,8 @@ def abnormal_bank(shots: Cells, masks: Sequence[np.ndarray | None], inside: floa
             keep[i] = cover[i] == cover[i].max()
     feats = shots.features.permute(0, 2, 3, 1)[keep]
     owner = shots.owner[:, None, None].expand_as(keep)[keep]
-    return feats, owner
+    chosen = greedy_coreset(feats, size_cap) if len(feats) > size_cap else torch.arange(len(feats))
+    return feats[chosen], owner[chosen]
 
 
 def head_inputs(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, chunk: int = 16) -> torch.Tensor:
@@ -122,17 +130,19 @@ def head_inputs(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, chun
 
 
 def paste_defects(goods: Sequence[np.ndarray], shots: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
-                  n: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                  n: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """``n`` goods (cycling) that each carry one labelled defect's masked region, rotated by a
-    multiple of 90 degrees, maybe flipped and moved anywhere; and their masks. None without masks."""
-    usable = [(s, m) for s, m in zip(shots, masks, strict=True) if m is not None and m.any()]
-    images, out_masks = [], []
+    multiple of 90 degrees, maybe flipped and moved anywhere; their masks; and which defect each
+    carries. None without masks."""
+    usable = [i for i, m in enumerate(masks) if m is not None and m.any()]
+    images, out_masks, sources = [], [], []
     if not usable or not goods:
-        return images, out_masks
+        return images, out_masks, sources
     size = goods[0].shape[0]
     for k in range(n):
         good = goods[k % len(goods)].copy()
-        src, m = usable[rng.integers(len(usable))]
+        source = usable[rng.integers(len(usable))]
+        src, m = shots[source], masks[source]
         turns = int(rng.integers(4))
         src, m = np.rot90(src, turns), np.rot90(m, turns)
         if rng.integers(2):
@@ -146,4 +156,45 @@ def paste_defects(goods: Sequence[np.ndarray], shots: Sequence[np.ndarray], mask
         placed[ty : ty + y1 - y0, tx : tx + x1 - x0] = region
         images.append(good)
         out_masks.append(placed)
-    return images, out_masks
+        sources.append(source)
+    return images, out_masks, sources
+
+
+@dataclass
+class Pool:
+    """What a fit's heads learn from and are validated on, each image described once: half A of
+    the goods with synthetic defects on them, goods of half A carrying a pasted labelled defect
+    (``pasted_from``: which), and from half B the validation images (``made``: goods, synthetic
+    defects, nuisance copies) as ``held``."""
+
+    train: Cells
+    pasted: Cells | None
+    pasted_from: torch.Tensor
+    made: ValidationImages
+    held: list[Cells]
+
+    def fold(self, shots: Cells, rest: Sequence[int]) -> Cells:
+        """A cross-fitting head's training cells: half A and the ``rest`` of the shots only."""
+        carried = torch.isin(self.pasted_from, torch.as_tensor(list(rest), dtype=torch.long))
+        pasted = self.pasted.take(torch.nonzero(carried).flatten()) if self.pasted is not None else None
+        return Cells.concat([self.train, pasted, shots.take(rest)])
+
+    def everything(self, shots: Cells) -> Cells:
+        """The published head's training cells: both halves' goods and synthetic defects, every
+        pasted good and every shot (the nuisance copies only validate, for the folds and this alike)."""
+        return Cells.concat([self.train, *self.held[:2], self.pasted, shots])
+
+
+def describe_pool(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Sequence[np.ndarray],
+                  shot_masks: Sequence[np.ndarray | None], config: FitConfig, validate: bool) -> Pool:
+    """``goods`` split into halves and described (the nuisance copies only when ``validate``)."""
+    half_a, half_b = list(goods[0::2]), list(goods[1::2])
+    made_a, made_b = validation_images(half_a, config), validation_images(half_b, config)
+    rng = np.random.default_rng(config.seed + 2)
+    pasted, pasted_masks, pasted_from = paste_defects(half_a, shot_images, shot_masks, config.head.pasted, rng)
+    return Pool(train=Cells.concat([describe(inspector, half_a),
+                                    describe(inspector, made_a.defects, list(made_a.defect_masks))]),
+                pasted=describe(inspector, pasted, pasted_masks),
+                pasted_from=torch.as_tensor(pasted_from, dtype=torch.long), made=made_b,
+                held=[describe(inspector, made_b.goods), describe(inspector, made_b.defects, list(made_b.defect_masks)),
+                      *([describe(inspector, made_b.nuisance)] if validate else [])])

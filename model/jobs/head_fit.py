@@ -14,7 +14,8 @@ as the labelled defects. The figures are averaged over folds. A weight must firs
 floor for types no shot shows: on the synthetic defects alone, none of image AUROC, pixel
 AUROC and AU-PRO may fall more than ``head.floor_margin`` below weight 0's. Weight 0 (the
 unsupervised map) comes first, so a tie keeps the head off. The published head is then
-trained on all of them.
+trained on all of them. Every image is described once (``head_cells.Pool``), for the folds and
+the published head alike.
 """
 
 from __future__ import annotations
@@ -28,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.jobs.head_cells import Cells, abnormal_bank, describe, head_inputs, paste_defects
-from model.jobs.selection import RULE, ValidationImages, choose, figures, fraction_scores, validation_images
+from model.jobs.head_cells import Cells, Pool, abnormal_bank, describe, describe_pool, head_inputs
+from model.jobs.selection import RULE, ValidationImages, choose, figures, fraction_scores
 from model.method.config import FitConfig
-from model.method.defect_head import DefectHead
+from model.method.defect_head import DefectHead, principal_basis
 from model.runtime.execution import to_host
 from model.runtime.inspector import Inspector
 
@@ -52,7 +53,11 @@ def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: Fi
     x = head_inputs(cells, bank, bank_owner)
     mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3)) + 1e-6
     torch.manual_seed(config.seed)
-    head = DefectHead(bank, mean, std, h.hidden)
+    head = DefectHead(bank, mean, std, _basis(x, cells, mean, std, h.components, config.seed), h.hidden,
+                      h.members)
+    with torch.no_grad():  # the projection is fixed: the network trains on its output
+        x = torch.cat([head.project(part) for part in x.split(64)]).contiguous(memory_format=torch.channels_last)
+    head.net.to(memory_format=torch.channels_last)  # its grouped convolutions train 2x faster so on CPU
     optimiser = torch.optim.Adam(head.net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
     positive = float((cells.target * cells.weight).sum())
     pos_weight = torch.tensor(float(((1 - cells.target) * cells.weight).sum()) / max(positive, 1.0))
@@ -62,15 +67,18 @@ def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: Fi
     head.train()
     for _ in range(steps):
         i = torch.randint(len(cells), (h.batch_size,), generator=gen)
-        logits = head.logits(x[i])
-        loss = F.binary_cross_entropy_with_logits(logits, cells.target[i], weight=cells.weight[i], pos_weight=pos_weight)
+        logits = head.net(x[i])  # every member learns the same targets
+        target, weight = cells.target[i].unsqueeze(1).expand_as(logits), cells.weight[i].unsqueeze(1).expand_as(logits)
+        loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight)
         if len(maskless):  # image-level labels: the most defective cell of a defect image
             j = maskless[torch.randint(len(maskless), (1,), generator=gen)]
-            loss = loss + F.binary_cross_entropy_with_logits(head.logits(x[j]).flatten(1).amax(1), torch.ones(1))
+            top = head.net(x[j]).flatten(2).amax(2)
+            loss = loss + F.binary_cross_entropy_with_logits(top, torch.ones_like(top))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
+    head.net.to(memory_format=torch.contiguous_format)
     head.eval()
     for p in head.parameters():
         p.requires_grad_(False)
@@ -78,18 +86,15 @@ def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: Fi
                   "steps": steps, "final_loss": round(float(np.mean(losses[-50:])), 4)}
 
 
-def described_goods(inspector: Inspector, goods: Sequence[np.ndarray], config: FitConfig) -> Cells:
-    """``goods`` and synthetic defects on them (the self-checking fit's families), described."""
-    made = validation_images(list(goods), config)
-    return Cells.concat([describe(inspector, goods), describe(inspector, made.defects, list(made.defect_masks))])
-
-
-def training_cells(inspector: Inspector, goods: Sequence[np.ndarray], described: Cells, shots: Cells,
-                   shot_images: Sequence[np.ndarray], shot_masks: Sequence[np.ndarray | None], config: FitConfig,
-                   rng: np.random.Generator) -> Cells:
-    """The cells a head learns from: the ``described`` goods, goods that carry a pasted shot, and ``shots``."""
-    pasted, pasted_masks = paste_defects(goods, shot_images, shot_masks, config.head.pasted, rng)
-    return Cells.concat([described, describe(inspector, pasted, pasted_masks), shots])
+def _basis(x: torch.Tensor, cells: Cells, mean: torch.Tensor, std: torch.Tensor, components: int, seed: int,
+           sample: int = 50_000) -> torch.Tensor:
+    """The head's projection (``defect_head.principal_basis``) from up to ``sample`` of the
+    normalised training cells, every defect cell among them."""
+    positive = cells.target > 0
+    gen = torch.Generator().manual_seed(seed)
+    keep = positive | (torch.rand(positive.shape, generator=gen) < sample / max(positive.numel(), 1))
+    rows = (x.permute(0, 2, 3, 1)[keep] - mean) / std
+    return principal_basis(rows, positive[keep], min(components, x.shape[1]))
 
 
 @torch.inference_mode()
@@ -124,13 +129,13 @@ def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Seq
     """The head to publish, with its weight (None when the weight chosen is 0: nothing to train or
     store), and the manifest's ``fit.head`` record."""
     start = time.perf_counter()
-    rng = np.random.default_rng(config.seed + 2)
     shots = describe(inspector, shot_images, shot_masks, range(len(shot_images)))
-    bank, bank_owner = abnormal_bank(shots, shot_masks, config.head.inside)
+    bank, bank_owner = abnormal_bank(shots, shot_masks, config.head.inside, config.head.bank_size)
     choosing = len(config.head.weights) > 1
     split = folds(shot_types, config.head.folds) if choosing and config.head.folds > 1 and len(shot_images) > 1 else []
-    table = _mean_table(cross_fit(inspector, goods, shots, shot_images, shot_masks, bank, bank_owner, split,
-                                  config, rng)) if split else {}
+    pool = describe_pool(inspector, goods, shot_images, shot_masks, config, bool(split)) if split or not choosing else None
+    table = _mean_table(cross_fit(inspector, pool, shots, shot_images, shot_masks, bank, bank_owner, split,
+                                  config)) if split else {}
     eligible = keep_floor(table, config)
     key = choose(eligible, config) if eligible else None
     chosen = float(key) if key is not None else (0.0 if choosing else float(config.head.weights[0]))
@@ -139,9 +144,7 @@ def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Seq
               "folds": [[int(i) for i in f] for f in split], "training": None}
     head = None
     if chosen > 0:
-        cells = training_cells(inspector, goods, described_goods(inspector, goods, config), shots, shot_images,
-                               shot_masks, config, rng)
-        head, record["training"] = train(cells, bank, bank_owner, config, config.head.steps)
+        head, record["training"] = train(pool.everything(shots), bank, bank_owner, config, config.head.steps)
         head.weight.fill_(chosen)
     if not choosing:
         record["note"] = f"the one configured weight, {chosen:g}, without validation"
@@ -152,26 +155,20 @@ def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Seq
     return head, record
 
 
-def cross_fit(inspector: Inspector, goods: Sequence[np.ndarray], shots: Cells, shot_images: Sequence[np.ndarray],
+def cross_fit(inspector: Inspector, pool: Pool, shots: Cells, shot_images: Sequence[np.ndarray],
               shot_masks: Sequence[np.ndarray | None], bank: torch.Tensor, bank_owner: torch.Tensor,
-              split: list[list[int]], config: FitConfig, rng: np.random.Generator) -> list[dict[str, dict]]:
-    """Every fold's weight table: a head trained on the other folds' shots and one half of the
-    goods, validated on the fold's shots and images made from the other half."""
-    half_a, half_b = list(goods[0::2]), list(goods[1::2])
-    train_goods = described_goods(inspector, half_a, config)
-    made = validation_images(half_b, config)
-    described = [describe(inspector, made.goods), describe(inspector, made.defects), describe(inspector, made.nuisance)]
+              split: list[list[int]], config: FitConfig) -> list[dict[str, dict]]:
+    """Every fold's weight table: a head trained on the other folds' shots and half A of the
+    goods, validated on the fold's shots and the images made from half B."""
     tables = []
     for fold in split:
-        rest = [i for i in range(len(shot_images)) if i not in fold]
+        rest = [i for i in range(len(shots)) if i not in fold]
         keep = torch.isin(bank_owner, torch.as_tensor(rest, dtype=torch.long))
-        cells = training_cells(inspector, half_a, train_goods, shots.take(rest), [shot_images[i] for i in rest],
-                               [shot_masks[i] for i in rest], config, rng)
-        head, _ = train(cells, bank[keep], bank_owner[keep], config, config.head.fold_steps)
+        head, _ = train(pool.fold(shots, rest), bank[keep], bank_owner[keep], config, config.head.fold_steps)
         masks = [shot_masks[i] for i in fold]
-        images = replace(made, labelled=[shot_images[i] for i in fold],
+        images = replace(pool.made, labelled=[shot_images[i] for i in fold],
                          labelled_masks=np.stack(masks) if all(m is not None for m in masks) else None)
-        tables.append(weight_table(inspector, head, images, Cells.concat([*described, shots.take(fold)]), config))
+        tables.append(weight_table(inspector, head, images, Cells.concat([*pool.held, shots.take(fold)]), config))
     return tables
 
 

@@ -182,6 +182,9 @@ class HeadConfig:
     chosen scoring has the NNS branch; true requires them; false never. Trained on the held-out
     goods (negatives), synthetic defects on them, the labelled defects' mask cells and
     ``pasted`` goods that carry a labelled defect's masked region (rotated, flipped, moved).
+    The abnormal bank keeps at most ``bank_size`` cells (a k-center coreset beyond); the inputs
+    are projected on ``components`` principal directions and read by ``members`` networks of
+    ``hidden`` channels whose probabilities are averaged.
     Its boost ``weight`` is chosen from ``weights`` by the self-checking fit's rule on labelled
     defects it did not train on (``folds``-fold cross-fitting); 0, no boost, comes first so a tie
     keeps the unsupervised map, and a head whose weight is 0 is not stored. A single weight is
@@ -189,7 +192,9 @@ class HeadConfig:
     """
 
     enabled: bool | str = AUTO
-    hidden: int = 32
+    hidden: int = 16  # channels of each member network
+    members: int = 3  # networks averaged (defect_head.network)
+    components: int = 64  # the inputs' projection the network reads (defect_head.principal_basis)
     steps: int = 800
     fold_steps: int = 400  # each cross-fitting head only ranks the weights, on half the goods
     batch_size: int = 32
@@ -197,6 +202,7 @@ class HeadConfig:
     weight_decay: float = 1e-3
     pasted: int = 200
     inside: float = 0.75  # a cell joins the abnormal bank when its mask covers at least this fraction
+    bank_size: int = 256  # at most this many abnormal cells (a coreset beyond): the search's cost
     weights: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     folds: int = 2
     # A weight whose figures on the synthetic defects (standing for the types no shot shows) fall
@@ -247,6 +253,9 @@ class FitConfig:
         if not self.head.weights or min(self.head.weights) < 0 or self.head.folds < 1:
             raise ValueError(f"head.weights must be one or more numbers >= 0 and head.folds >= 1, "
                              f"got {self.head.weights!r} and {self.head.folds!r}")
+        sizes = {k: getattr(self.head, k) for k in ("hidden", "members", "components", "bank_size", "steps", "batch_size")}
+        if any(not isinstance(v, int) or v < 1 for v in sizes.values()):
+            raise ValueError(f"head.{', head.'.join(sizes)} must be whole numbers >= 1, got {sizes}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
