@@ -14,7 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from model.artifact.store import load_artifact
-from model.method.calibration import calibrate_with_defects
+from model.method.calibration import best_f1_threshold, calibrate_on_good, calibrate_with_defects
 from model.method.config import FitConfig
 from model.jobs.dataset import file_sha256, list_defects
 from model.jobs.evaluate import evaluate
@@ -52,7 +52,7 @@ def test_list_defects_takes_the_defect_folders_with_their_masks(tiny_data, tmp_p
         list_defects(nomasks)
 
 
-def test_f1_thresholds_separate_goods_and_defects():
+def test_f1_thresholds_separate_goods_and_defects_but_never_exceed_the_false_alarm_ones():
     rng = np.random.default_rng(0)
     labels = np.array([0] * 6 + [1] * 3)
     scores = np.r_[rng.uniform(1, 2, 6), rng.uniform(3, 4, 3)]
@@ -60,12 +60,18 @@ def test_f1_thresholds_separate_goods_and_defects():
     masks = np.zeros_like(maps, dtype=bool)
     masks[6:, 2:4, 2:4] = True
     maps[masks] += 2
-    t = calibrate_with_defects(scores, labels, maps, masks, pixel_far=0.01)
-    assert scores[:6].max() < t.image < scores[6:].min() and t.method == "f1(image,pixel)"
-    assert np.array_equal(maps > t.pixel, masks)
-    no_masks = calibrate_with_defects(scores, labels, maps, None, pixel_far=0.01)
-    assert no_masks.image == t.image and no_masks.method.startswith("f1(image),far")
-    assert np.mean(maps[:6] > no_masks.pixel) == pytest.approx(0.01, abs=0.005)
+    t = calibrate_with_defects(scores, labels, maps, masks, image_far=0.01, pixel_far=0.01)
+    far = calibrate_on_good(scores[:6], maps[:6], 0.01, 0.01)
+    best = best_f1_threshold(scores, labels)[0], best_f1_threshold(maps, masks)[0]
+    assert (t.image, t.pixel) == (min(best[0], far.image), min(best[1], far.pixel))
+    assert far.pixel < best[1] and t.pixel == far.pixel  # the defects score high: the cap binds
+    assert t.method.startswith("f1(image,pixel) capped at far")
+    subtle = maps.copy()
+    subtle[masks] = 0.95  # below the goods' top 1 %: F1 sets a threshold below the cap
+    s = calibrate_with_defects(scores, labels, subtle, masks, image_far=0.01, pixel_far=0.01)
+    assert s.pixel == best_f1_threshold(subtle, masks)[0] < calibrate_on_good(scores[:6], subtle[:6], 0.01, 0.01).pixel
+    no_masks = calibrate_with_defects(scores, labels, maps, None, image_far=0.01, pixel_far=0.01)
+    assert no_masks.image == t.image and no_masks.pixel == far.pixel and "far(pixel=0.01)" in no_masks.method
 
 
 def test_the_psg_table_leaves_out_the_families_psg_trains_on():
@@ -125,7 +131,7 @@ def test_auto_with_defects_fits_both_and_publishes_the_chosen_one(tiny_data, tmp
     assert m["config"]["psg"]["enabled"] is keep_psg and report.psg is keep_psg
     chosen_on_labelled = calls[0][record["chosen"]]["labelled"]
     assert m["calibration"]["validation"] == pytest.approx(chosen_on_labelled, abs=1e-6)
-    assert m["calibration"]["thresholds"]["method"] == "f1(image,pixel)"
+    assert m["calibration"]["thresholds"]["method"].startswith("f1(image,pixel) capped")
     assert m["training"]["defects"]["sha256"] == [file_sha256(d.path) for d in defects]
     untrained, _, _ = build_feature_path(config.with_overrides({"psg.enabled": False}))
     published = load_artifact(report.artifact).tensors["backbone"]
@@ -137,7 +143,7 @@ def test_fixed_psg_setting_with_defects_fits_once_with_f1_thresholds(tiny_data, 
     report = fit(tiny_data, "off", tmp_path, tiny_config(**{"psg.enabled": False}), defects=defects)
     m = manifest_of(report)
     assert m["fit"]["psg_selection"] is None and "psg" not in m["fit"]["seconds"]
-    assert m["calibration"]["thresholds"]["method"] == "f1(image,pixel)"
+    assert m["calibration"]["thresholds"]["method"].startswith("f1(image,pixel) capped")
     assert set(m["calibration"]["validation"]) == {"image_auroc", "pixel_auroc", "au_pro"}
 
 
@@ -153,7 +159,7 @@ def test_evaluate_leaves_out_the_fit_defects(tiny_data, tmp_path, defects):
         summary = client.get("/categories/d").json()["manifest"]
     assert summary["labelled_defects"] == len(defects)
     assert summary["validation"] == inspector.manifest.calibration.validation
-    assert summary["thresholds"]["method"] == "f1(image,pixel)"
+    assert summary["thresholds"]["method"].startswith("f1(image,pixel) capped")
     record = inspector.manifest.fit.psg_selection
     assert summary["psg_selection"] == record and set(record["candidates"]) == {"without_psg", "with_psg"}
     assert summary["image_top_fraction"] == inspector.manifest.config.postprocess.top_fraction == 0.0  # fallback

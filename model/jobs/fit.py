@@ -206,11 +206,12 @@ def check_head(config: FitConfig, defects: Sequence[TestSample]) -> None:
 
 
 def calibrate(chosen: Candidate, validation: Validation, config: FitConfig, has_defects: bool) -> Thresholds:
-    """F1 thresholds with labelled defects, target false-alarm rates without."""
+    """F1 thresholds (capped at the false-alarm-rate ones) with labelled defects, target
+    false-alarm rates without."""
     cal = config.calibration
     if has_defects:
         return calibrate_with_defects(chosen.scores, validation.labels, chosen.maps, validation.masks,
-                                      cal.pixel_false_alarm_rate)
+                                      cal.image_false_alarm_rate, cal.pixel_false_alarm_rate)
     return calibrate_on_good(chosen.scores, chosen.maps, cal.image_false_alarm_rate, cal.pixel_false_alarm_rate)
 
 
