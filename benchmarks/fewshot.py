@@ -12,7 +12,8 @@ drawn from the test images whose mask is not empty:
 * **hard**: K of one type (the seed picks it); scored on the goods and the other types (unseen).
 
 The head is trained and its weight chosen by the product's own ``head_fit.fit_head``, and the
-thresholds come from F1 on the held-out goods plus the shots, as ``fit --defects`` sets them.
+thresholds come from F1 on the held-out goods plus the shots, capped at the false-alarm-rate
+ones, as ``fit --defects`` sets them (F1 at the uncapped F1 thresholds is recorded beside it).
 The test set is described once through the variant; the maps with and without the head come
 from the Inspector's own combiner on those branch maps (``tests/test_defect_head.py`` checks
 that the served score equals ``evaluate``'s). K = 0 is scored on the same reduced test set,
@@ -37,7 +38,7 @@ from model.jobs.head_cells import Cells, describe  # noqa: E402
 from model.jobs.head_fit import FIGURES, fit_head  # noqa: E402
 from model.jobs.host import keep_freed_memory  # noqa: E402
 from model.method.amc import image_scores  # noqa: E402
-from model.method.calibration import calibrate_on_good, calibrate_with_defects  # noqa: E402
+from model.method.calibration import best_f1_threshold, calibrate_on_good, calibrate_with_defects  # noqa: E402
 from model.method.config import FitConfig  # noqa: E402
 from model.reporting import metrics  # noqa: E402
 from model.runtime.imageio import read_image, resize_rgb  # noqa: E402
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> dict:
         fit(args.data, args.name, root, config)
         fit_seconds = round(time.perf_counter() - t0, 1)
     inspector = Inspector.from_artifact(root / args.name)
-    cfg, size = inspector.config, inspector.config.image_size
+    cfg = inspector.config.with_overrides({k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+    size = cfg.image_size
     holdout = inspector.manifest.training.holdout_files
     goods = [resize_rgb(read_image(str(Path(args.data) / "train" / "good" / f)), size) for f in holdout]
     samples, _ = list_test_set(args.data)
@@ -130,15 +132,21 @@ def run(args: argparse.Namespace) -> dict:
                 cal_cells = Cells.concat([good_cells, test.take(shots)])
                 cal_maps = final_maps(inspector, cal_cells, head)
                 cal_masks = np.concatenate([np.zeros((len(goods), size, size), bool), masks[shots]])
-                thresholds = calibrate_with_defects(scores_of(cal_maps, inspector), np.r_[np.zeros(len(goods)),
-                                                    np.ones(len(shots))], cal_maps, cal_masks,
+                cal_labels = np.r_[np.zeros(len(goods)), np.ones(len(shots))]
+                thresholds = calibrate_with_defects(scores_of(cal_maps, inspector), cal_labels, cal_maps, cal_masks,
+                                                    cfg.calibration.image_false_alarm_rate,
                                                     cfg.calibration.pixel_false_alarm_rate)
+                uncapped = (best_f1_threshold(scores_of(cal_maps, inspector), cal_labels)[0],
+                            best_f1_threshold(cal_maps, cal_masks)[0])  # F1 alone, before the cap
                 row = {"regime": regime, "k": k, "seed": seed, "shots": [str(samples[i].path.name) for i in shots],
                        "hard_type": hard_type, "weight": record["weight"], "head_seconds": round(head_seconds, 1),
                        "n_scored": int(keep.sum()),
                        "k0": block(base_scores[keep], labels[keep], base_maps[keep], masks[keep], base_thresholds,
                                    types[keep]),
                        "head": block(scores, labels[keep], maps, masks[keep], thresholds, types[keep]),
+                       "f1_uncapped": {"image_f1": metrics.f1_at(scores, labels[keep], uncapped[0]),
+                                       "pixel_f1": metrics.f1_at(maps, masks[keep], uncapped[1])},
+                       "thresholds": thresholds.to_dict(),
                        "kept_floor": record["kept_floor"],
                        "validation": {w: {m: r[m] for m in FIGURES} for w, r in record["candidates"].items()}}
                 result["rows"].append(row)
@@ -206,6 +214,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--regimes", default="general,hard")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", action="append", default=[], help="a config override, KEY=JSON, e.g. head.weights=[1] (one weight: no validation)")
     p.add_argument("--table", nargs="*")
     args = p.parse_args()
     print(table(args.table) if args.table else json.dumps(run(args)["rows"][-1:], indent=1)[:2000])
