@@ -18,6 +18,7 @@ from model.jobs.evaluate import evaluate
 from model.jobs.fit import fit
 from model.jobs.head_cells import Cells, abnormal_bank, head_inputs, paste_defects
 from model.jobs.head_fit import folds
+from model.jobs.selection import ValidationImages
 from model.method.amc import AnomalyMapCombiner
 from model.method.config import FitConfig
 from model.method.defect_head import FLOOR, DefectHead, cell_inputs, input_channels, nearest_abnormal, principal_basis
@@ -159,6 +160,37 @@ def test_folds_deal_each_type_round_robin():
     assert folds(["a", "a", "b", "b", "c"], 2) == [[0, 2, 4], [1, 3]]
     assert folds(["a", "b"], 2) == [[0], [1]]
     assert folds(["a"], 2) == [[0]]
+
+
+def _marked_cells(marks: list[float], owners: list[int] | None = None) -> Cells:
+    """One 2x2 image per mark, every feature equal to it."""
+    n = len(marks)
+    feats = torch.tensor(marks).view(n, 1, 1, 1).expand(n, 3, 2, 2).clone()
+    return Cells(feats, feats, torch.ones(n, 2, 2), None, torch.zeros(n, 2, 2), torch.ones(n, 2, 2), torch.zeros(n),
+                 torch.tensor(owners if owners is not None else [-1] * n))
+
+
+def test_each_folds_head_is_gated_on_the_synthetic_families_it_never_trained_on(monkeypatch):
+    import model.jobs.head_fit as head_fit
+    from model.jobs.head_cells import Pool
+    from model.method.synthetic_defects import FAMILIES
+
+    families = [None, None, *FAMILIES, *FAMILIES]  # two goods, then two defects of each family
+    marks = [-1.0, -1.0, *[float(FAMILIES.index(f)) for f in families[2:]]]
+    made = ValidationImages([], [], np.zeros((0, 8, 8), bool), [], [], [], [])
+    pool = Pool(_marked_cells(marks), families, None, torch.zeros(0, dtype=torch.long), made, [])
+    shots = _marked_cells([10.0, 11.0], [0, 1])
+    trained, gated = [], []
+    monkeypatch.setattr(head_fit, "train", lambda cells, *a: (trained.append(cells.features[:, 0, 0, 0].tolist()), {}))
+    monkeypatch.setattr(head_fit, "weight_table", lambda *a, leave_out: gated.append(leave_out) or {})
+    bank, owner = torch.zeros(2, 3), torch.tensor([0, 1])
+    head_fit.cross_fit(None, pool, shots, [np.zeros((8, 8, 3), np.uint8)] * 2, [np.ones((8, 8), bool)] * 2,
+                       bank, owner, [[0], [1]], tiny_config())
+    assert len(trained) == len(gated) == 2 and set(gated[0]) | set(gated[1]) == set(FAMILIES)
+    for marks_seen, left_out, shot in zip(trained, gated, (11.0, 10.0), strict=True):
+        seen = {FAMILIES[int(m)] for m in marks_seen if 0 <= m < len(FAMILIES)}
+        assert seen == set(left_out) and marks_seen.count(-1.0) == 2 and marks_seen[-1] == shot
+    assert not set(gated[0]) & set(gated[1])
 
 
 def test_the_weight_is_chosen_on_held_out_shots_and_a_zero_weight_stores_no_head(chosen, defects):

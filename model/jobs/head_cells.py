@@ -163,21 +163,25 @@ def paste_defects(goods: Sequence[np.ndarray], shots: Sequence[np.ndarray], mask
 @dataclass
 class Pool:
     """What a fit's heads learn from and are validated on, each image described once: half A of
-    the goods with synthetic defects on them, goods of half A carrying a pasted labelled defect
-    (``pasted_from``: which), and from half B the validation images (``made``: goods, synthetic
-    defects, nuisance copies) as ``held``."""
+    the goods with synthetic defects on them (``train_families``: each image's family, None for
+    a good), goods of half A carrying a pasted labelled defect (``pasted_from``: which), and
+    from half B the validation images (``made``: goods, synthetic defects, nuisance copies) as
+    ``held``."""
 
     train: Cells
+    train_families: list[str | None]
     pasted: Cells | None
     pasted_from: torch.Tensor
     made: ValidationImages
     held: list[Cells]
 
-    def fold(self, shots: Cells, rest: Sequence[int]) -> Cells:
-        """A cross-fitting head's training cells: half A and the ``rest`` of the shots only."""
+    def fold(self, shots: Cells, rest: Sequence[int], families: Sequence[str]) -> Cells:
+        """A cross-fitting head's training cells: half A's goods, its synthetic defects of the
+        ``families`` only, and the ``rest`` of the shots only (with the goods carrying them)."""
         carried = torch.isin(self.pasted_from, torch.as_tensor(list(rest), dtype=torch.long))
         pasted = self.pasted.take(torch.nonzero(carried).flatten()) if self.pasted is not None else None
-        return Cells.concat([self.train, pasted, shots.take(rest)])
+        train = self.train.take([i for i, f in enumerate(self.train_families) if f is None or f in families])
+        return Cells.concat([train, pasted, shots.take(rest)])
 
     def everything(self, shots: Cells) -> Cells:
         """The published head's training cells: both halves' goods and synthetic defects, every
@@ -194,6 +198,7 @@ def describe_pool(inspector: Inspector, goods: Sequence[np.ndarray], shot_images
     pasted, pasted_masks, pasted_from = paste_defects(half_a, shot_images, shot_masks, config.head.pasted, rng)
     return Pool(train=Cells.concat([describe(inspector, half_a),
                                     describe(inspector, made_a.defects, list(made_a.defect_masks))]),
+                train_families=[None] * len(half_a) + list(made_a.defect_families),
                 pasted=describe(inspector, pasted, pasted_masks),
                 pasted_from=torch.as_tensor(pasted_from, dtype=torch.long), made=made_b,
                 held=[describe(inspector, made_b.goods), describe(inspector, made_b.defects, list(made_b.defect_masks)),

@@ -7,14 +7,16 @@ compared with the other shots' abnormal cells only) and goods carrying a pasted 
 without a mask trains at image level: its highest cell logit should say defect.
 
 The weight: ``head.folds``-fold cross-fitting over the shots. For each fold a head is trained
-on the other shots and on one half of the goods, then every weight of ``head.weights`` is
+on the other shots, on one half of the goods and on half of the synthetic families
+(``FAMILY_SPLIT``, alternating between folds), then every weight of ``head.weights`` is
 validated by the self-checking fit's figures and rule (``model.jobs.selection``) on the other
-half of the goods, synthetic defects and nuisance copies made from them, and the fold's shots
-as the labelled defects. The figures are averaged over folds. A weight must first keep the
-floor for types no shot shows: on the synthetic defects alone, none of image AUROC, pixel
-AUROC and AU-PRO may fall more than ``head.floor_margin`` below weight 0's. Weight 0 (the
-unsupervised map) comes first, so a tie keeps the head off. The published head is then
-trained on all of them. Every image is described once (``head_cells.Pool``), for the folds and
+half of the goods, the synthetic defects of the families that head did not train on, nuisance
+copies, and the fold's shots as the labelled defects. The figures are averaged over folds, so
+every family is scored by a head that never saw it: those stand for the defect types no shot
+shows. A weight must first keep that floor: on those synthetic defects, none of image AUROC,
+pixel AUROC and AU-PRO may fall more than ``head.floor_margin`` below weight 0's. Weight 0
+(the unsupervised map) comes first, so a tie keeps the head off. The published head is then
+trained on all of them, every family included. Every image is described once (``head_cells.Pool``), for the folds and
 the published head alike.
 """
 
@@ -30,9 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from model.jobs.head_cells import Cells, Pool, abnormal_bank, describe, describe_pool, head_inputs
-from model.jobs.selection import RULE, ValidationImages, choose, figures, fraction_scores
+from model.jobs.selection import PSG_FAMILIES, RULE, ValidationImages, choose, figures, fraction_scores
 from model.method.config import FitConfig
 from model.method.defect_head import DefectHead, principal_basis
+from model.method.synthetic_defects import FAMILIES
 from model.runtime.execution import to_host
 from model.runtime.inspector import Inspector
 
@@ -40,8 +43,9 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC = ("image_auroc", "pixel_auroc", "au_pro")  # a row's figures on the synthetic defects
 FIGURES = (*SYNTHETIC, "sensitivity", "nuisance_shift")  # what the weight table averages over folds
-FLOOR_RULE = ("on the synthetic defects (types the shots do not show), no figure more than head.floor_margin "
-              "below weight 0's")
+FAMILY_SPLIT = (PSG_FAMILIES, tuple(f for f in FAMILIES if f not in PSG_FAMILIES))  # a fold's head trains on one
+FLOOR_RULE = ("on the synthetic defects of the families its fold's head did not train on (types the shots do not "
+              "show), no figure more than head.floor_margin below weight 0's")
 
 
 def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: FitConfig,
@@ -99,15 +103,16 @@ def _basis(x: torch.Tensor, cells: Cells, mean: torch.Tensor, std: torch.Tensor,
 
 @torch.inference_mode()
 def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImages, cells: Cells,
-                 config: FitConfig) -> dict[str, dict]:
-    """The validation figures of every weight of ``head.weights`` on ``images`` (described as ``cells``)."""
+                 config: FitConfig, leave_out: Sequence[str] = ()) -> dict[str, dict]:
+    """The validation figures of every weight of ``head.weights`` on ``images`` (described as
+    ``cells``), without the synthetic defects of the families ``leave_out``."""
     p = head(cells.features, cells.nearest, cells.gaussian)
     table = {}
     for w in config.head.weights:
         maps = to_host(inspector.combiner([m.to(inspector.device) for m in cells.branch_maps()],
                                           (w * p).to(inspector.device) if w else None))
         scores = fraction_scores(maps, config.postprocess.image_top_fraction)
-        table[str(w)] = figures(scores, maps, images, config)
+        table[str(w)] = figures(scores, maps, images, config, leave_out)
     return table
 
 
@@ -141,7 +146,9 @@ def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Seq
     chosen = float(key) if key is not None else (0.0 if choosing else float(config.head.weights[0]))
     record = {"weight": chosen, "rule": f"{FLOOR_RULE}; then {RULE}", "candidates": table,
               "kept_floor": list(eligible), "chosen": key,
-              "folds": [[int(i) for i in f] for f in split], "training": None}
+              "folds": [[int(i) for i in f] for f in split],
+              "fold_families": [list(FAMILY_SPLIT[k % len(FAMILY_SPLIT)]) for k in range(len(split))],
+              "training": None}
     head = None
     if chosen > 0:
         head, record["training"] = train(pool.everything(shots), bank, bank_owner, config, config.head.steps)
@@ -158,17 +165,21 @@ def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Seq
 def cross_fit(inspector: Inspector, pool: Pool, shots: Cells, shot_images: Sequence[np.ndarray],
               shot_masks: Sequence[np.ndarray | None], bank: torch.Tensor, bank_owner: torch.Tensor,
               split: list[list[int]], config: FitConfig) -> list[dict[str, dict]]:
-    """Every fold's weight table: a head trained on the other folds' shots and half A of the
-    goods, validated on the fold's shots and the images made from half B."""
+    """Every fold's weight table: a head trained on the other folds' shots, half A of the goods
+    and the synthetic defects of one side of ``FAMILY_SPLIT``, validated on the fold's shots
+    and the images made from half B, the synthetic defects of the other side only."""
     tables = []
-    for fold in split:
+    for k, fold in enumerate(split):
         rest = [i for i in range(len(shots)) if i not in fold]
+        families = FAMILY_SPLIT[k % len(FAMILY_SPLIT)]
         keep = torch.isin(bank_owner, torch.as_tensor(rest, dtype=torch.long))
-        head, _ = train(pool.fold(shots, rest), bank[keep], bank_owner[keep], config, config.head.fold_steps)
+        head, _ = train(pool.fold(shots, rest, families), bank[keep], bank_owner[keep], config,
+                        config.head.fold_steps)
         masks = [shot_masks[i] for i in fold]
         images = replace(pool.made, labelled=[shot_images[i] for i in fold],
                          labelled_masks=np.stack(masks) if all(m is not None for m in masks) else None)
-        tables.append(weight_table(inspector, head, images, Cells.concat([*pool.held, shots.take(fold)]), config))
+        tables.append(weight_table(inspector, head, images, Cells.concat([*pool.held, shots.take(fold)]), config,
+                                   leave_out=families))
     return tables
 
 
