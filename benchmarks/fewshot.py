@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,9 @@ def run(args: argparse.Namespace) -> dict:
         fit(args.data, args.name, root, config)
         fit_seconds = round(time.perf_counter() - t0, 1)
     inspector = Inspector.from_artifact(root / args.name)
-    cfg = inspector.config.with_overrides({k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+    # the head as this build configures it: the reused K = 0 artifact stores the head config of the build that fit it
+    cfg = replace(inspector.config, head=FitConfig().head).with_overrides(
+        {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)})
     size = cfg.image_size
     holdout = inspector.manifest.training.holdout_files
     goods = [resize_rgb(read_image(str(Path(args.data) / "train" / "good" / f)), size) for f in holdout]
@@ -114,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     base_scores, good_scores = scores_of(base_maps, inspector), scores_of(good_maps, inspector)
     base_thresholds = calibrate_on_good(good_scores, good_maps, cfg.calibration.image_false_alarm_rate,
                                         cfg.calibration.pixel_false_alarm_rate)
-    result = {"category": args.name, "fit_seconds_k0": fit_seconds, "scoring": cfg.scoring,
+    result = {"category": args.name, "fit_seconds_k0": fit_seconds, "scoring": cfg.scoring, "head": asdict(cfg.head),
               "n_test": len(samples), "n_holdout": len(goods), "rows": []}
     last_head = None
     for regime in args.regimes.split(","):
