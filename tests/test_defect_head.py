@@ -119,16 +119,35 @@ def test_head_round_trips_through_its_tensors_and_boost_zero_is_the_unsupervised
     torch.manual_seed(0)
     c = 5
     d = input_channels(c)
-    head = DefectHead(torch.randn(7, c), torch.zeros(d), torch.ones(d), torch.randn(4, d), 8, 3, 2.0)
+    head = DefectHead(torch.randn(7, c), torch.zeros(d), torch.ones(d), torch.randn(4, d), 8, 3, 2.0, 0.25)
     again = DefectHead.from_tensors({k: v.clone() for k, v in head.tensors().items()})
     args = (torch.randn(2, c, 6, 6), torch.randn(2, c, 6, 6), torch.rand(2, 12, 12) + 0.1)
     p = head(*args)
-    assert torch.equal(p, again(*args)) and float(again.weight) == 2.0 and ((p >= 0) & (p <= 1)).all()
+    assert torch.equal(p, again(*args)) and float(again.weight) == 2.0 and float(again.offset) == 0.25
+    assert ((p >= 0) & (p <= 1)).all()
     assert again.net[-1].out_channels == 3 and again.net[0].out_channels == 3 * 8  # three members of 8
     amc = AnomalyMapCombiner(48, 4.0)
     maps = [torch.rand(2, 6, 6), torch.rand(2, 12, 12)]
     assert torch.equal(amc(maps, torch.zeros(2, 6, 6)), amc(maps))
     assert torch.all(amc(maps, p) >= amc(maps) - 1e-6)
+
+
+def test_the_boost_is_the_probability_above_the_level_on_good_parts(monkeypatch):
+    from model.jobs.head_fit import good_level
+
+    head = DefectHead(torch.zeros(1, 3), torch.zeros(13), torch.ones(13), torch.eye(13), 2, offset=0.6)
+    p = torch.tensor([0.0, 0.3, 0.6, 0.8, 1.0])
+    assert torch.allclose(head.excess(p), torch.tensor([0.0, 0.0, 0.0, 0.5, 1.0]))
+    tops = torch.linspace(0.05, 0.95, 100)  # each good image's highest probability
+    probability = tops.view(100, 1, 1) * torch.tensor([[1.0, 0.5], [0.2, 0.1]])
+    monkeypatch.setattr(head, "probability_of", lambda *a: probability)
+    goods = _marked_cells([0.0] * 100)
+    config = tiny_config(**{"calibration.image_false_alarm_rate": 0.05})
+    level = good_level(head, goods, config)
+    assert level == pytest.approx(float(tops[95]))  # the higher 95 % quantile of the maxima
+    head.offset.fill_(level)
+    boosted = head.excess(probability).flatten(1).amax(1) > 0
+    assert boosted.sum() == 4 and boosted[-4:].all()  # silent on all but 4 of 100 good parts
 
 
 def test_pasted_defects_carry_the_shots_region_and_mask():
@@ -178,10 +197,12 @@ def test_each_folds_head_is_gated_on_the_synthetic_families_it_never_trained_on(
     families = [None, None, *FAMILIES, *FAMILIES]  # two goods, then two defects of each family
     marks = [-1.0, -1.0, *[float(FAMILIES.index(f)) for f in families[2:]]]
     made = ValidationImages([], [], np.zeros((0, 8, 8), bool), [], [], [], [])
-    pool = Pool(_marked_cells(marks), families, None, torch.zeros(0, dtype=torch.long), made, [])
+    pool = Pool(_marked_cells(marks), _marked_cells([-1.0]), families, None, torch.zeros(0, dtype=torch.long), made, [])
     shots = _marked_cells([10.0, 11.0], [0, 1])
     trained, gated = [], []
-    monkeypatch.setattr(head_fit, "train", lambda cells, *a: (trained.append(cells.features[:, 0, 0, 0].tolist()), {}))
+    head = DefectHead(torch.zeros(1, 3), torch.zeros(13), torch.ones(13), torch.eye(13), 2)
+    monkeypatch.setattr(head_fit, "train", lambda cells, *a: (trained.append(cells.features[:, 0, 0, 0].tolist()) or head, {}))
+    monkeypatch.setattr(head_fit, "good_level", lambda *a: 0.5)
     monkeypatch.setattr(head_fit, "weight_table", lambda *a, leave_out: gated.append(leave_out) or {})
     bank, owner = torch.zeros(2, 3), torch.tensor([0, 1])
     head_fit.cross_fit(None, pool, shots, [np.zeros((8, 8, 3), np.uint8)] * 2, [np.ones((8, 8), bool)] * 2,
@@ -213,6 +234,8 @@ def test_a_stored_head_carries_its_weight_and_abnormal_bank(with_head):
     assert m["config"]["head"]["enabled"] is True and record["weight"] == 2.0 and "without validation" in record["note"]
     tensors = load_artifact(with_head.artifact).tensors["defect_head"]
     assert float(tensors["weight"]) == 2.0 and tensors["abnormal"].shape[0] == record["abnormal_bank"] > 0
+    level = float(tensors["offset"])
+    assert 0 <= level < 1 and level == pytest.approx(record["training"]["level"])
     assert any(name.startswith("defect_head") for name in m["files"])
 
 

@@ -162,13 +162,15 @@ def paste_defects(goods: Sequence[np.ndarray], shots: Sequence[np.ndarray], mask
 
 @dataclass
 class Pool:
-    """What a fit's heads learn from and are validated on, each image described once: half A of
+    """What a fit's heads learn from and are validated on, each image described once: part A of
     the goods with synthetic defects on them (``train_families``: each image's family, None for
-    a good), goods of half A carrying a pasted labelled defect (``pasted_from``: which), and
-    from half B the validation images (``made``: goods, synthetic defects, nuisance copies) as
-    ``held``."""
+    a good), goods of part A carrying a pasted labelled defect (``pasted_from``: which), the
+    goods of part C, which no head trains on (``level``: they set a head's level on good
+    parts), and from half B the validation images (``made``: goods, synthetic defects,
+    nuisance copies) as ``held``."""
 
     train: Cells
+    level: Cells
     train_families: list[str | None]
     pasted: Cells | None
     pasted_from: torch.Tensor
@@ -191,14 +193,17 @@ class Pool:
 
 def describe_pool(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Sequence[np.ndarray],
                   shot_masks: Sequence[np.ndarray | None], config: FitConfig, validate: bool) -> Pool:
-    """``goods`` split into halves and described (the nuisance copies only when ``validate``)."""
+    """``goods`` split and described (the nuisance copies only when ``validate``): half B
+    validates; of the other half, every fourth good is part C, the rest part A."""
     half_a, half_b = list(goods[0::2]), list(goods[1::2])
+    part_c = half_a[3::4] or half_a[-1:]
+    half_a = [g for i, g in enumerate(half_a) if i % 4 != 3] if half_a[3::4] else half_a[:-1]
     made_a, made_b = validation_images(half_a, config), validation_images(half_b, config)
     rng = np.random.default_rng(config.seed + 2)
     pasted, pasted_masks, pasted_from = paste_defects(half_a, shot_images, shot_masks, config.head.pasted, rng)
     return Pool(train=Cells.concat([describe(inspector, half_a),
                                     describe(inspector, made_a.defects, list(made_a.defect_masks))]),
-                train_families=[None] * len(half_a) + list(made_a.defect_families),
+                level=describe(inspector, part_c), train_families=[None] * len(half_a) + list(made_a.defect_families),
                 pasted=describe(inspector, pasted, pasted_masks),
                 pasted_from=torch.as_tensor(pasted_from, dtype=torch.long), made=made_b,
                 held=[describe(inspector, made_b.goods), describe(inspector, made_b.defects, list(made_b.defect_masks)),

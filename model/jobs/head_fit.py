@@ -7,7 +7,7 @@ compared with the other shots' abnormal cells only) and goods carrying a pasted 
 without a mask trains at image level: its highest cell logit should say defect.
 
 The weight: ``head.folds``-fold cross-fitting over the shots. For each fold a head is trained
-on the other shots, on one half of the goods and on half of the synthetic families
+on the other shots, on part A of the goods and on half of the synthetic families
 (``FAMILY_SPLIT``, alternating between folds), then every weight of ``head.weights`` is
 validated by the self-checking fit's figures and rule (``model.jobs.selection``) on the other
 half of the goods, the synthetic defects of the families that head did not train on, nuisance
@@ -16,8 +16,12 @@ every family is scored by a head that never saw it: those stand for the defect t
 shows. A weight must first keep that floor: on those synthetic defects, none of image AUROC,
 pixel AUROC and AU-PRO may fall more than ``head.floor_margin`` below weight 0's. Weight 0
 (the unsupervised map) comes first, so a tie keeps the head off. The published head is then
-trained on all of them, every family included. Every image is described once (``head_cells.Pool``), for the folds and
-the published head alike.
+trained on all of them, every family included. Every image is described once
+(``head_cells.Pool``), for the folds and the published head alike.
+
+Every head, the folds' and the published one, has its level on good parts (``good_level``) set
+on a part of the goods that no head trains on or is validated on (``Pool.level``): only its
+probability above that level boosts the map, so on good parts it is silent.
 """
 
 from __future__ import annotations
@@ -116,6 +120,15 @@ def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImage
     return table
 
 
+@torch.inference_mode()
+def good_level(head: DefectHead, goods: Cells, config: FitConfig) -> float:
+    """The head's level on good parts: the ``1 - calibration.image_false_alarm_rate`` quantile
+    (the higher value) of its highest probability on each of ``goods``, which it never trained
+    on. Above it the head's probability boosts the map (``DefectHead.excess``)."""
+    top = head.probability_of(goods.features, goods.nearest, goods.gaussian).flatten(1).amax(1)
+    return float(np.quantile(top.numpy(), 1 - config.calibration.image_false_alarm_rate, method="higher"))
+
+
 def folds(shot_types: Sequence[str], n: int) -> list[list[int]]:
     """Shots split into ``n`` folds, each type dealt round-robin so a fold sees most types."""
     out: list[list[int]] = [[] for _ in range(n)]
@@ -152,7 +165,9 @@ def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Seq
     head = None
     if chosen > 0:
         head, record["training"] = train(pool.everything(shots), bank, bank_owner, config, config.head.steps)
+        head.offset.fill_(good_level(head, pool.level, config))
         head.weight.fill_(chosen)
+        record["training"]["level"] = float(head.offset)
     if not choosing:
         record["note"] = f"the one configured weight, {chosen:g}, without validation"
     elif not split:
@@ -175,6 +190,7 @@ def cross_fit(inspector: Inspector, pool: Pool, shots: Cells, shot_images: Seque
         keep = torch.isin(bank_owner, torch.as_tensor(rest, dtype=torch.long))
         head, _ = train(pool.fold(shots, rest, families), bank[keep], bank_owner[keep], config,
                         config.head.fold_steps)
+        head.offset.fill_(good_level(head, pool.level, config))
         masks = [shot_masks[i] for i in fold]
         images = replace(pool.made, labelled=[shot_images[i] for i in fold],
                          labelled_masks=np.stack(masks) if all(m is not None for m in masks) else None)

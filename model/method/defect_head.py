@@ -12,10 +12,14 @@ directions, with defect and normal cells weighted equally) and small convolution
 over the projection (3x3 convolutions dilated 1, 2 and 4 for context), averaged, give a defect
 probability ``p`` per cell.
 
-The final map is the unsupervised map boosted by it, ``final = product x (1 + weight x p)``
-(``model.method.amc``); the fit validates ``weight`` on labelled defects the head did not train
-on, and 0 (no boost) is always a candidate, so the unsupervised map stays the floor unless the
-head beats it (``model.jobs.head_fit``).
+The boost is the part of ``p`` above the head's **level on good parts** (``offset``: how high
+``p`` reaches on goods the head never trained on), rescaled to [0, 1]: on a good part the head
+is silent, so a defect type no shot shows can only gain or stay, never lose to goods that the
+head lifts. The final map is the unsupervised map boosted by it,
+``final = product x (1 + weight x boost)`` (``model.method.amc``); the fit validates
+``weight`` on labelled defects the head did not train on, and 0 (no boost) is always a
+candidate, so the unsupervised map stays the floor unless the head beats it
+(``model.jobs.head_fit``).
 """
 
 from __future__ import annotations
@@ -136,17 +140,18 @@ def principal_basis(x: torch.Tensor, positive: torch.Tensor, components: int) ->
 
 
 class DefectHead(nn.Module):
-    """Abnormal bank + input normalisation and projection + network + boost weight:
-    ``p [B, h, w]`` in [0, 1]."""
+    """Abnormal bank + input normalisation and projection + network + level on good parts +
+    boost weight: the boost ``[B, h, w]`` in [0, 1]."""
 
     def __init__(self, abnormal: torch.Tensor, in_mean: torch.Tensor, in_std: torch.Tensor, basis: torch.Tensor,
-                 hidden: int, members: int = 1, weight: float = 0.0) -> None:
+                 hidden: int, members: int = 1, weight: float = 0.0, offset: float = 0.0) -> None:
         super().__init__()
         self.register_buffer("abnormal", abnormal.float().contiguous())
         self.register_buffer("in_mean", in_mean.float().reshape(-1))
         self.register_buffer("in_std", in_std.float().reshape(-1))
         self.register_buffer("basis", basis.float().contiguous())
         self.register_buffer("weight", torch.tensor(float(weight)))
+        self.register_buffer("offset", torch.tensor(float(offset)))
         self.net = network(self.basis.shape[0], hidden, members)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,11 +168,15 @@ class DefectHead(nn.Module):
         """The members' logits ``[B, members, h, w]`` -> their mean probability ``[B, h, w]``."""
         return torch.sigmoid(logits).mean(1)
 
-    def forward(self, features: torch.Tensor, normal_nearest: torch.Tensor,
-                gaussian_map: torch.Tensor | None) -> torch.Tensor:
-        """``p [B, h, w]`` (``compare``'s arguments). The projection is applied to each part of
-        the inputs before they would be put side by side: the same ``project(cell_inputs(...))``
-        without building the inputs (tests hold them equal)."""
+    def excess(self, p: torch.Tensor) -> torch.Tensor:
+        """The probability ``p`` above the level on good parts, rescaled to [0, 1]: the boost."""
+        return ((p - self.offset) / (1 - self.offset).clamp_min(1e-6)).clamp(0, 1)
+
+    def probability_of(self, features: torch.Tensor, normal_nearest: torch.Tensor,
+                       gaussian_map: torch.Tensor | None) -> torch.Tensor:
+        """The defect probability ``p [B, h, w]`` (``compare``'s arguments). The projection is
+        applied to each part of the inputs before they would be put side by side: the same
+        ``project(cell_inputs(...))`` without building the inputs (tests hold them equal)."""
         p = compare(features, normal_nearest, gaussian_map, self.abnormal)
         w = self.basis / self.in_std
         c = p.features.shape[1]
@@ -177,9 +186,14 @@ class DefectHead(nn.Module):
              + (p.abnormal_residual @ wa.T) / (p.abnormal_distance[:, None] + FLOOR))
         return self.probability(self.net(p.grid_first(z)))
 
+    def forward(self, features: torch.Tensor, normal_nearest: torch.Tensor,
+                gaussian_map: torch.Tensor | None) -> torch.Tensor:
+        """The boost ``[B, h, w]`` (``compare``'s arguments), before the weight."""
+        return self.excess(self.probability_of(features, normal_nearest, gaussian_map))
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"abnormal": self.abnormal, "in_mean": self.in_mean, "in_std": self.in_std, "basis": self.basis,
-                "weight": self.weight,
+                "weight": self.weight, "offset": self.offset,
                 **{f"net.{k}": v for k, v in self.net.state_dict().items()}}
 
     @classmethod
@@ -189,6 +203,7 @@ class DefectHead(nn.Module):
                              "build of the head; fit it again with --defects")
         members = int(tensors["net.6.weight"].shape[0])
         head = cls(tensors["abnormal"], tensors["in_mean"], tensors["in_std"], tensors["basis"],
-                   int(tensors["net.0.weight"].shape[0]) // members, members, float(tensors["weight"]))
+                   int(tensors["net.0.weight"].shape[0]) // members, members, float(tensors["weight"]),
+                   float(tensors.get("offset", 0.0)))  # a head stored before the level: 0, its behaviour then
         head.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         return head
