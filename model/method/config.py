@@ -195,8 +195,8 @@ class HeadConfig:
     hidden: int = 16  # channels of each member network
     members: int = 3  # networks averaged (defect_head.network)
     components: int = 64  # the inputs' projection the network reads (defect_head.principal_basis)
-    steps: int = 800
-    fold_steps: int = 400  # each cross-fitting head only ranks the weights, on half the goods
+    steps: int = 400  # 800 gave the same figures on magnetic tile (BENCHMARKS.md) at 1.5x the head stage
+    fold_steps: int = 200  # each cross-fitting head only ranks the weights, on half the goods
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-3
