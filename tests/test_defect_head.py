@@ -87,6 +87,24 @@ def test_a_shot_is_compared_with_the_other_shots_cells_only():
     assert torch.allclose(own_distance, other, atol=1e-4)  # never 0: its own cells are left out
 
 
+def test_the_inputs_statistics_and_projection_come_from_one_pass_in_chunks():
+    from model.jobs.head_fit import _projection
+
+    gen = torch.Generator().manual_seed(0)
+    n, c = 40, 3  # three chunks of inputs
+    feats = torch.randn(n, c, 4, 4, generator=gen)
+    target = (torch.rand(n, 4, 4, generator=gen) < 0.1).float()
+    cells = Cells(feats, feats + 0.1 * torch.randn(n, c, 4, 4, generator=gen), torch.ones(n, 4, 4), None, target,
+                  torch.ones(n, 4, 4), torch.zeros(n), torch.tensor([0, 1] + [-1] * (n - 2)))
+    bank, owner = torch.randn(6, c, generator=gen), torch.tensor([0, 0, 1, 1, 2, 2])
+    x = head_inputs(cells, bank, owner)
+    mean, std, basis = _projection(cells, bank, owner, 5, 0)
+    assert torch.allclose(mean, x.mean((0, 2, 3)), atol=1e-5) and torch.allclose(std, x.std((0, 2, 3)) + 1e-6, rtol=1e-4)
+    rows = (x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) - mean) / std  # every cell: fewer than the sample
+    full = principal_basis(rows, target.flatten() > 0, 5)
+    assert torch.allclose((basis @ full.T).abs().diagonal(), torch.ones(5), atol=1e-3)  # the same directions
+
+
 def test_only_cells_mostly_inside_a_mask_join_the_abnormal_bank():
     feats = torch.randn(1, 3, 4, 4)
     shots = Cells(feats, feats, torch.ones(1, 4, 4), None, torch.zeros(1, 4, 4), torch.ones(1, 4, 4),

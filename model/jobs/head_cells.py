@@ -10,7 +10,7 @@ learn from and are validated on, described once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,17 +116,21 @@ def abnormal_bank(shots: Cells, masks: Sequence[np.ndarray | None], inside: floa
     return feats[chosen], owner[chosen]
 
 
-def head_inputs(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-    """The head's unnormalised inputs ``[N, D, h, w]`` of ``cells`` against the abnormal ``bank``;
-    a labelled defect is compared with the other defects' cells only (leave its own out)."""
-    out = []
+def input_chunks(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, chunk: int = 16) -> Iterator[torch.Tensor]:
+    """The head's unnormalised inputs of ``cells`` against the abnormal ``bank``, ``chunk``
+    images ``[n, D, h, w]`` at a time (all of them would be N x 508 x h x w floats); a labelled
+    defect is compared with the other defects' cells only (leave its own out)."""
     for start in range(0, len(cells), chunk):
         part = cells.take(range(start, min(start + chunk, len(cells))))
         hw = part.features.shape[-2] * part.features.shape[-1]
         owner = part.owner.repeat_interleave(hw)
         exclude = (owner[:, None] == bank_owner[None, :]) & (owner[:, None] >= 0)
-        out.append(cell_inputs(part.features, part.nearest, part.gaussian, bank, exclude))
-    return torch.cat(out)
+        yield cell_inputs(part.features, part.nearest, part.gaussian, bank, exclude)
+
+
+def head_inputs(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor) -> torch.Tensor:
+    """All of ``input_chunks`` at once ``[N, D, h, w]``."""
+    return torch.cat(list(input_chunks(cells, bank, bank_owner)))
 
 
 def paste_defects(goods: Sequence[np.ndarray], shots: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
@@ -198,7 +202,8 @@ def describe_pool(inspector: Inspector, goods: Sequence[np.ndarray], shot_images
     half_a, half_b = list(goods[0::2]), list(goods[1::2])
     part_c = half_a[3::4] or half_a[-1:]
     half_a = [g for i, g in enumerate(half_a) if i % 4 != 3] if half_a[3::4] else half_a[:-1]
-    made_a, made_b = validation_images(half_a, config), validation_images(half_b, config)
+    made_a = validation_images(half_a, config, nuisance=False)  # half A trains: no nuisance copies
+    made_b = validation_images(half_b, config, nuisance=validate)
     rng = np.random.default_rng(config.seed + 2)
     pasted, pasted_masks, pasted_from = paste_defects(half_a, shot_images, shot_masks, config.head.pasted, rng)
     return Pool(train=Cells.concat([describe(inspector, half_a),
@@ -207,4 +212,4 @@ def describe_pool(inspector: Inspector, goods: Sequence[np.ndarray], shot_images
                 pasted=describe(inspector, pasted, pasted_masks),
                 pasted_from=torch.as_tensor(pasted_from, dtype=torch.long), made=made_b,
                 held=[describe(inspector, made_b.goods), describe(inspector, made_b.defects, list(made_b.defect_masks)),
-                      *([describe(inspector, made_b.nuisance)] if validate else [])])
+                      describe(inspector, made_b.nuisance)])

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.jobs.head_cells import Cells, Pool, abnormal_bank, describe, describe_pool, head_inputs
+from model.jobs.head_cells import Cells, Pool, abnormal_bank, describe, describe_pool, input_chunks
 from model.jobs.selection import PSG_FAMILIES, RULE, ValidationImages, choose, figures, fraction_scores
 from model.method.config import FitConfig
 from model.method.defect_head import DefectHead, principal_basis
@@ -58,13 +58,12 @@ def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: Fi
     training record. (Training on 16-cell windows instead of whole grids was cheaper and lost
     0.035 image AUROC on magnetic tile.)"""
     h = config.head
-    x = head_inputs(cells, bank, bank_owner)
-    mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3)) + 1e-6
+    mean, std, basis = _projection(cells, bank, bank_owner, h.components, config.seed)
     torch.manual_seed(config.seed)
-    head = DefectHead(bank, mean, std, _basis(x, cells, mean, std, h.components, config.seed), h.hidden,
-                      h.members)
+    head = DefectHead(bank, mean, std, basis, h.hidden, h.members)
     with torch.no_grad():  # the projection is fixed: the network trains on its output
-        x = torch.cat([head.project(part) for part in x.split(64)]).contiguous(memory_format=torch.channels_last)
+        x = torch.cat([head.project(part) for part in input_chunks(cells, bank, bank_owner)]).contiguous(
+            memory_format=torch.channels_last)
     head.net.to(memory_format=torch.channels_last)  # its grouped convolutions train 2x faster so on CPU
     optimiser = torch.optim.Adam(head.net.parameters(), lr=h.lr, weight_decay=h.weight_decay)
     positive = float((cells.target * cells.weight).sum())
@@ -94,15 +93,28 @@ def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: Fi
                   "steps": steps, "final_loss": round(float(np.mean(losses[-50:])), 4)}
 
 
-def _basis(x: torch.Tensor, cells: Cells, mean: torch.Tensor, std: torch.Tensor, components: int, seed: int,
-           sample: int = 50_000) -> torch.Tensor:
-    """The head's projection (``defect_head.principal_basis``) from up to ``sample`` of the
-    normalised training cells, every defect cell among them."""
+def _projection(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, components: int, seed: int,
+                sample: int = 50_000) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inputs' mean and standard deviation per channel, and the head's projection
+    (``defect_head.principal_basis``) from up to ``sample`` of the normalised cells, every
+    defect cell among them: one pass over ``input_chunks``, never all inputs at once."""
     positive = cells.target > 0
     gen = torch.Generator().manual_seed(seed)
     keep = positive | (torch.rand(positive.shape, generator=gen) < sample / max(positive.numel(), 1))
-    rows = (x.permute(0, 2, 3, 1)[keep] - mean) / std
-    return principal_basis(rows, positive[keep], min(components, x.shape[1]))
+    total = square = None
+    rows, start = [], 0
+    for x in input_chunks(cells, bank, bank_owner):
+        x64 = x.double()
+        total = x64.sum((0, 2, 3)) + (total if total is not None else 0)
+        square = (x64 * x64).sum((0, 2, 3)) + (square if square is not None else 0)
+        rows.append(x.permute(0, 2, 3, 1)[keep[start : start + len(x)]])
+        start += len(x)
+    n = positive.numel()
+    mean = total / n
+    std = ((square - n * mean * mean) / max(n - 1, 1)).clamp_min(0).sqrt().float() + 1e-6
+    mean = mean.float()
+    rows = (torch.cat(rows) - mean) / std
+    return mean, std, principal_basis(rows, positive[keep], min(components, rows.shape[1]))
 
 
 @torch.inference_mode()

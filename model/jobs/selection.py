@@ -89,13 +89,14 @@ class ValidationImages:
 
 
 def validation_images(goods: Sequence[np.ndarray], config: FitConfig, labelled: Sequence[np.ndarray] = (),
-                      labelled_masks: np.ndarray | None = None) -> ValidationImages:
-    """Synthetic defects and nuisance copies of (up to ``selection.max_images``) ``goods``, seeded."""
+                      labelled_masks: np.ndarray | None = None, nuisance: bool = True) -> ValidationImages:
+    """Synthetic defects and (unless not ``nuisance``) nuisance copies of (up to
+    ``selection.max_images``) ``goods``, seeded."""
     sel = config.selection
     rng = np.random.default_rng(config.seed + 1)
     sources = list(goods[: sel.max_images])
     made = defect_suite(sources, rng, sel.defects_per_image)
-    nuisance = nuisance_suite(sources, rng, sel.nuisances_per_image)
+    nuisance = nuisance_suite(sources, rng, sel.nuisances_per_image) if nuisance else []
     return ValidationImages(
         goods=list(goods),
         defects=[image for _, image, _, _ in made],
