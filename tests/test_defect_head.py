@@ -220,7 +220,6 @@ def test_each_folds_head_is_gated_on_the_synthetic_families_it_never_trained_on(
     trained, gated = [], []
     head = DefectHead(torch.zeros(1, 3), torch.zeros(13), torch.ones(13), torch.eye(13), 2)
     monkeypatch.setattr(head_fit, "train", lambda cells, *a: (trained.append(cells.features[:, 0, 0, 0].tolist()) or head, {}))
-    monkeypatch.setattr(head_fit, "good_level", lambda *a: 0.5)
     monkeypatch.setattr(head_fit, "weight_table", lambda *a, leave_out: gated.append(leave_out) or {})
     bank, owner = torch.zeros(2, 3), torch.tensor([0, 1])
     head_fit.cross_fit(None, pool, shots, [np.zeros((8, 8, 3), np.uint8)] * 2, [np.ones((8, 8), bool)] * 2,

@@ -182,7 +182,7 @@ class Pool:
     held: list[Cells]
 
     def fold(self, shots: Cells, rest: Sequence[int], families: Sequence[str]) -> Cells:
-        """A cross-fitting head's training cells: half A's goods, its synthetic defects of the
+        """A cross-fitting head's training cells: part A's goods, its synthetic defects of the
         ``families`` only, and the ``rest`` of the shots only (with the goods carrying them)."""
         carried = torch.isin(self.pasted_from, torch.as_tensor(list(rest), dtype=torch.long))
         pasted = self.pasted.take(torch.nonzero(carried).flatten()) if self.pasted is not None else None
@@ -190,8 +190,9 @@ class Pool:
         return Cells.concat([train, pasted, shots.take(rest)])
 
     def everything(self, shots: Cells) -> Cells:
-        """The published head's training cells: both halves' goods and synthetic defects, every
-        pasted good and every shot (the nuisance copies only validate, for the folds and this alike)."""
+        """The published head's training cells: the goods and synthetic defects of part A and
+        half B (never part C), every pasted good and every shot (the nuisance copies only
+        validate, for the folds and this alike)."""
         return Cells.concat([self.train, *self.held[:2], self.pasted, shots])
 
 
