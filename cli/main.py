@@ -101,6 +101,8 @@ def _print_head(record: dict | None) -> None:
     dropped = [w for w in record["candidates"] if w not in record.get("kept_floor", record["candidates"])]
     if dropped:
         print(f"           not eligible, they cost the synthetic defects (types no shot shows): {', '.join(dropped)}")
+    if record.get("training"):
+        print(f"           boosts only above its level on good parts, p = {record['training']['level']:.3f}")
     if record.get("note"):
         print(f"           {record['note']}")
 
