@@ -21,7 +21,7 @@ trained on all of them, every family included. Every image is described once
 
 Every head, the folds' and the published one, has its level on good parts (``good_level``) set
 on a part of the goods that no head trains on or is validated on (``Pool.level``): only its
-probability above that level boosts the map, so on good parts it is silent.
+probability above that level boosts the map, so on all but about 1 % of good parts it is silent.
 """
 
 from __future__ import annotations

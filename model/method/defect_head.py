@@ -13,9 +13,9 @@ over the projection (3x3 convolutions dilated 1, 2 and 4 for context), averaged,
 probability ``p`` per cell.
 
 The boost is the part of ``p`` above the head's **level on good parts** (``offset``: how high
-``p`` reaches on goods the head never trained on), rescaled to [0, 1]: on a good part the head
-is silent, so a defect type no shot shows can only gain or stay, never lose to goods that the
-head lifts. The final map is the unsupervised map boosted by it,
+``p`` reaches on goods the head never trained on), rescaled to [0, 1]: on all but about 1 % of
+good parts the head is silent, so a defect type no shot shows can lose only through those few
+goods that the head lifts. The final map is the unsupervised map boosted by it,
 ``final = product x (1 + weight x boost)`` (``model.method.amc``); the fit validates
 ``weight`` on labelled defects the head did not train on, and 0 (no boost) is always a
 candidate, so the unsupervised map stays the floor unless the head beats it
