@@ -100,7 +100,8 @@ def _print_head(record: dict | None) -> None:
     _print_table(record)
     dropped = [w for w in record["candidates"] if w not in record.get("kept_floor", record["candidates"])]
     if dropped:
-        print(f"           not eligible, they cost the synthetic defects (types no shot shows): {', '.join(dropped)}")
+        print("           not eligible, they cost the synthetic families their heads did not train on "
+              f"(types no shot shows): {', '.join(dropped)}")
     if record.get("training"):
         print(f"           boosts only above its level on good parts, p = {record['training']['level']:.3f}")
     if record.get("note"):

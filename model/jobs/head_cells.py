@@ -4,7 +4,7 @@ goods that carry a pasted defect.
 
 A set of images is run through the variant's own feature path and branches once; the head's
 inputs for any abnormal bank (each cross-fitting fold has its own) are then built from that
-description without another pass (``head_inputs``). ``Pool`` holds everything a fit's heads
+description without another pass (``input_chunks``). ``Pool`` holds everything a fit's heads
 learn from and are validated on, described once.
 """
 

@@ -184,7 +184,8 @@ class HeadConfig:
     ``pasted`` goods that carry a labelled defect's masked region (rotated, flipped, moved).
     The abnormal bank keeps at most ``bank_size`` cells (a k-center coreset beyond); the inputs
     are projected on ``components`` principal directions and read by ``members`` networks of
-    ``hidden`` channels whose probabilities are averaged.
+    ``hidden`` channels whose probabilities are averaged. Only the probability above the head's
+    level on good parts (set on held-out goods that no head trains on) boosts the map.
     Its boost ``weight`` is chosen from ``weights`` by the self-checking fit's rule on labelled
     defects it did not train on (``folds``-fold cross-fitting); 0, no boost, comes first so a tie
     keeps the unsupervised map, and a head whose weight is 0 is not stored. A single weight is
