@@ -99,7 +99,8 @@ def test_the_inputs_statistics_and_projection_come_from_one_pass_in_chunks():
     bank, owner = torch.randn(6, c, generator=gen), torch.tensor([0, 0, 1, 1, 2, 2])
     x = head_inputs(cells, bank, owner)
     mean, std, basis = _projection(cells, bank, owner, 5, 0)
-    assert torch.allclose(mean, x.mean((0, 2, 3)), atol=1e-5) and torch.allclose(std, x.std((0, 2, 3)) + 1e-6, rtol=1e-4)
+    assert torch.allclose(mean, x.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(std, x.std((0, 2, 3)) + 1e-6, rtol=1e-4)
     rows = (x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) - mean) / std  # every cell: fewer than the sample
     full = principal_basis(rows, target.flatten() > 0, 5)
     assert torch.allclose((basis @ full.T).abs().diagonal(), torch.ones(5), atol=1e-3)  # the same directions
@@ -219,7 +220,8 @@ def test_each_folds_head_is_gated_on_the_synthetic_families_it_never_trained_on(
     shots = _marked_cells([10.0, 11.0], [0, 1])
     trained, gated = [], []
     head = DefectHead(torch.zeros(1, 3), torch.zeros(13), torch.ones(13), torch.eye(13), 2)
-    monkeypatch.setattr(head_fit, "train", lambda cells, *a: (trained.append(cells.features[:, 0, 0, 0].tolist()) or head, {}))
+    monkeypatch.setattr(head_fit, "train",
+                        lambda cells, *a: (trained.append(cells.features[:, 0, 0, 0].tolist()) or head, {}))
     monkeypatch.setattr(head_fit, "weight_table", lambda *a, leave_out: gated.append(leave_out) or {})
     bank, owner = torch.zeros(2, 3), torch.tensor([0, 1])
     head_fit.cross_fit(None, pool, shots, [np.zeros((8, 8, 3), np.uint8)] * 2, [np.ones((8, 8), bool)] * 2,

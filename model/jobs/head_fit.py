@@ -55,8 +55,9 @@ FLOOR_RULE = ("on the synthetic defects of the families its fold's head did not 
 def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: FitConfig, steps: int,
           goods: Cells) -> tuple[DefectHead, dict]:
     """A head (weight 0) trained for ``steps`` on ``cells`` against the abnormal ``bank``, with
-    its level on good parts set on ``goods`` (``good_level``), and its training record. (Training on 16-cell windows instead of whole grids was cheaper and lost
-    0.035 image AUROC on magnetic tile.)"""
+    its level on good parts set on ``goods`` (``good_level``), and its training record.
+    (Training on 16-cell windows instead of whole grids was cheaper and lost 0.035 image AUROC
+    on magnetic tile.)"""
     h = config.head
     mean, std, basis = _projection(cells, bank, bank_owner, h.components, config.seed)
     torch.manual_seed(config.seed)
