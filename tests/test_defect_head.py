@@ -16,7 +16,7 @@ from model.artifact.store import load_artifact
 from model.jobs.dataset import list_defects
 from model.jobs.evaluate import evaluate
 from model.jobs.fit import fit
-from model.jobs.head_cells import Cells, abnormal_bank, head_inputs, paste_defects
+from model.jobs.head_cells import Cells, abnormal_bank, input_chunks, paste_defects
 from model.jobs.head_fit import folds
 from model.jobs.selection import ValidationImages
 from model.method.amc import AnomalyMapCombiner
@@ -80,7 +80,7 @@ def test_a_shot_is_compared_with_the_other_shots_cells_only():
     masks = [np.ones((16, 16), bool), np.ones((16, 16), bool)]
     bank, owner = abnormal_bank(shots, masks, 0.75, 256)
     assert bank.shape == (32, 3) and owner.tolist() == [0] * 16 + [1] * 16
-    x = head_inputs(shots, bank, owner)
+    x = torch.cat(list(input_chunks(shots, bank, owner)))
     assert x.shape == (2, input_channels(3), 4, 4)
     own_distance = x[0, 2].exp() - FLOOR  # log distance to the abnormal bank, shot 0's cells
     other = torch.cdist(feats[0].flatten(1).T, feats[1].flatten(1).T).min(1).values.view(4, 4)
@@ -97,7 +97,7 @@ def test_the_inputs_statistics_and_projection_come_from_one_pass_in_chunks():
     cells = Cells(feats, feats + 0.1 * torch.randn(n, c, 4, 4, generator=gen), torch.ones(n, 4, 4), None, target,
                   torch.ones(n, 4, 4), torch.zeros(n), torch.tensor([0, 1] + [-1] * (n - 2)))
     bank, owner = torch.randn(6, c, generator=gen), torch.tensor([0, 0, 1, 1, 2, 2])
-    x = head_inputs(cells, bank, owner)
+    x = torch.cat(list(input_chunks(cells, bank, owner)))
     mean, std, basis = _projection(cells, bank, owner, 5, 0)
     assert torch.allclose(mean, x.mean((0, 2, 3)), atol=1e-5)
     assert torch.allclose(std, x.std((0, 2, 3)) + 1e-6, rtol=1e-4)

@@ -128,11 +128,6 @@ def input_chunks(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, chu
         yield cell_inputs(part.features, part.nearest, part.gaussian, bank, exclude)
 
 
-def head_inputs(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor) -> torch.Tensor:
-    """All of ``input_chunks`` at once ``[N, D, h, w]``."""
-    return torch.cat(list(input_chunks(cells, bank, bank_owner)))
-
-
 def paste_defects(goods: Sequence[np.ndarray], shots: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
                   n: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """``n`` goods (cycling) that each carry one labelled defect's masked region, rotated by a
@@ -200,16 +195,17 @@ def describe_pool(inspector: Inspector, goods: Sequence[np.ndarray], shot_images
                   shot_masks: Sequence[np.ndarray | None], config: FitConfig, validate: bool) -> Pool:
     """``goods`` split and described (the nuisance copies only when ``validate``): half B
     validates; of the other half, every fourth good is part C, the rest part A."""
-    half_a, half_b = list(goods[0::2]), list(goods[1::2])
-    part_c = half_a[3::4] or half_a[-1:]
-    half_a = [g for i, g in enumerate(half_a) if i % 4 != 3] if half_a[3::4] else half_a[:-1]
-    made_a = validation_images(half_a, config, nuisance=False)  # half A trains: no nuisance copies
+    half, half_b = list(goods[0::2]), list(goods[1::2])
+    in_c = set(range(3, len(half), 4)) or {len(half) - 1}
+    part_a = [g for i, g in enumerate(half) if i not in in_c]
+    part_c = [g for i, g in enumerate(half) if i in in_c]
+    made_a = validation_images(part_a, config, nuisance=False)  # part A trains: no nuisance copies
     made_b = validation_images(half_b, config, nuisance=validate)
     rng = np.random.default_rng(config.seed + 2)
-    pasted, pasted_masks, pasted_from = paste_defects(half_a, shot_images, shot_masks, config.head.pasted, rng)
-    return Pool(train=Cells.concat([describe(inspector, half_a),
+    pasted, pasted_masks, pasted_from = paste_defects(part_a, shot_images, shot_masks, config.head.pasted, rng)
+    return Pool(train=Cells.concat([describe(inspector, part_a),
                                     describe(inspector, made_a.defects, list(made_a.defect_masks))]),
-                level=describe(inspector, part_c), train_families=[None] * len(half_a) + list(made_a.defect_families),
+                level=describe(inspector, part_c), train_families=[None] * len(part_a) + list(made_a.defect_families),
                 pasted=describe(inspector, pasted, pasted_masks),
                 pasted_from=torch.as_tensor(pasted_from, dtype=torch.long), made=made_b,
                 held=[describe(inspector, made_b.goods), describe(inspector, made_b.defects, list(made_b.defect_masks)),

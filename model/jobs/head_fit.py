@@ -103,14 +103,13 @@ def _projection(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, comp
     positive = cells.target > 0
     gen = torch.Generator().manual_seed(seed)
     keep = positive | (torch.rand(positive.shape, generator=gen) < sample / max(positive.numel(), 1))
-    total = square = None
-    rows, start = [], 0
+    sums, rows, start = [], [], 0
     for x in input_chunks(cells, bank, bank_owner):
         x64 = x.double()
-        total = x64.sum((0, 2, 3)) + (total if total is not None else 0)
-        square = (x64 * x64).sum((0, 2, 3)) + (square if square is not None else 0)
+        sums.append(torch.stack([x64.sum((0, 2, 3)), (x64 * x64).sum((0, 2, 3))]))
         rows.append(x.permute(0, 2, 3, 1)[keep[start : start + len(x)]])
         start += len(x)
+    total, square = torch.stack(sums).sum(0)
     n = positive.numel()
     mean = total / n
     std = ((square - n * mean * mean) / max(n - 1, 1)).clamp_min(0).sqrt().float() + 1e-6
@@ -141,6 +140,11 @@ def good_level(head: DefectHead, goods: Cells, config: FitConfig) -> float:
     on. Above it the head's probability boosts the map (``DefectHead.excess``)."""
     top = head.probability_of(goods.features, goods.nearest, goods.gaussian).flatten(1).amax(1)
     return float(np.quantile(top.numpy(), 1 - config.calibration.image_false_alarm_rate, method="higher"))
+
+
+def fold_families(k: int) -> tuple[str, ...]:
+    """The synthetic families the ``k``-th fold's head trains on (``FAMILY_SPLIT``, alternating)."""
+    return FAMILY_SPLIT[k % len(FAMILY_SPLIT)]
 
 
 def folds(shot_types: Sequence[str], n: int) -> list[list[int]]:
@@ -174,7 +178,7 @@ def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Seq
     record = {"weight": chosen, "rule": f"{FLOOR_RULE}; then {RULE}", "candidates": table,
               "kept_floor": list(eligible), "chosen": key,
               "folds": [[int(i) for i in f] for f in split],
-              "fold_families": [list(FAMILY_SPLIT[k % len(FAMILY_SPLIT)]) for k in range(len(split))],
+              "fold_families": [list(fold_families(k)) for k in range(len(split))],
               "training": None}
     head = None
     if chosen > 0:
@@ -199,7 +203,7 @@ def cross_fit(inspector: Inspector, pool: Pool, shots: Cells, shot_images: Seque
     tables = []
     for k, fold in enumerate(split):
         rest = [i for i in range(len(shots)) if i not in fold]
-        families = FAMILY_SPLIT[k % len(FAMILY_SPLIT)]
+        families = fold_families(k)
         keep = torch.isin(bank_owner, torch.as_tensor(rest, dtype=torch.long))
         head, _ = train(pool.fold(shots, rest, families), bank[keep], bank_owner[keep], config,
                         config.head.fold_steps, pool.level)
