@@ -14,7 +14,7 @@ from model.method.fusion import LayerConcat
 from model.method.gaussian import GaussianAccumulator, GaussianModel, neighbourhood_shifts
 from model.jobs.host import keep_freed_memory
 from model.method.memory_bank import MemoryBank
-from model.method.amc import AnomalyMapCombiner, gaussian_kernel1d, image_scores
+from model.method.amc import AnomalyMapCombiner, blur_matrix, gaussian_kernel1d, image_scores
 from model.runtime.verdict import find_regions, normalized_score
 
 
@@ -157,6 +157,20 @@ def test_amc_is_product_then_smoothing():
     smooth = AnomalyMapCombiner(image_size=32, sigma=4)([a, b])
     assert smooth.shape == (1, 32, 32)
     assert smooth.max() < out.max() and smooth.mean() == pytest.approx(out.mean().item(), rel=0.05)
+
+
+@pytest.mark.parametrize("size", [64, 96])
+def test_amc_blur_is_the_reflect_padded_separable_convolution(size):
+    k = gaussian_kernel1d(4.0)
+    r = k.numel() // 2
+    m = torch.rand(3, 1, size, size)
+    pad = torch.nn.functional.pad
+    ref = torch.nn.functional.conv2d(pad(m, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    ref = torch.nn.functional.conv2d(pad(ref, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    assert torch.allclose(AnomalyMapCombiner(size, 4.0).smooth(m), ref, atol=1e-6)
+    assert torch.allclose(blur_matrix(size, k).sum(0), torch.ones(size))  # each output's weights sum to 1
+    with pytest.raises(ValueError, match="radius 16"):
+        blur_matrix(16, k)
 
 
 def test_gaussian_kernel_is_normalised_and_sized_like_anomalib():
