@@ -180,6 +180,11 @@ def test_pasted_defects_carry_the_shots_region_and_mask():
     for image, m in zip(images, masks, strict=True):
         assert m.sum() == mask.sum() and (image[m] == 200).all() and (image[~m] == 0).all()
     assert paste_defects(goods, [shot], [None], 5, rng) == ([], [], [])
+    images, masks, sources = paste_defects(goods, [shot, shot], [None, mask], 4, rng, copies=2)
+    assert sources == [1] * 4
+    for image, m in zip(images, masks, strict=True):  # two copies, which may overlap
+        assert mask.sum() <= m.sum() <= 2 * mask.sum() and (image[m] == 200).all() and (image[~m] == 0).all()
+    assert any(m.sum() > mask.sum() for m in masks)
 
 
 def test_the_projection_keeps_the_direction_that_sets_rare_defect_cells_apart():
@@ -262,11 +267,17 @@ def test_the_head_changes_the_map_when_its_weight_is_on(with_head, tiny_data):
     inspector = Inspector.from_artifact(with_head.artifact)
     head = inspector.branches.head
     head.weight.fill_(2.0)
+    # the wiring, not what this 20-step head learned: p = 0.5 on every cell, no level, so the
+    # boost is 0.5 everywhere and the map doubles
+    with torch.no_grad():
+        head.net[-1].weight.zero_()
+        head.net[-1].bias.zero_()
+    head.offset.fill_(0.0)
     image = read_image(str(next((tiny_data / "test").rglob("*.png"))))
     boosted = inspector.measure([image])[1]
     head.weight.fill_(0.0)
     plain = inspector.measure([image])[1]
-    assert not np.allclose(boosted, plain) and (boosted >= plain - 1e-5).all()
+    assert np.allclose(boosted, 2 * plain, rtol=1e-4)
 
 
 def test_served_score_equals_evaluate_with_the_head(with_head, tiny_data, defects):

@@ -129,10 +129,11 @@ def input_chunks(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, chu
 
 
 def paste_defects(goods: Sequence[np.ndarray], shots: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
-                  n: int, rng: np.random.Generator) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """``n`` goods (cycling) that each carry one labelled defect's masked region, rotated by a
-    multiple of 90 degrees, maybe flipped and moved anywhere; their masks; and which defect each
-    carries. None without masks."""
+                  n: int, rng: np.random.Generator,
+                  copies: int = 1) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """``n`` goods (cycling) that each carry ``copies`` of one labelled defect's masked region,
+    each rotated by a multiple of 90 degrees, maybe flipped and moved anywhere; their masks; and
+    which defect each carries. None without masks."""
     usable = [i for i, m in enumerate(masks) if m is not None and m.any()]
     images, out_masks, sources = [], [], []
     if not usable or not goods:
@@ -141,18 +142,19 @@ def paste_defects(goods: Sequence[np.ndarray], shots: Sequence[np.ndarray], mask
     for k in range(n):
         good = goods[k % len(goods)].copy()
         source = usable[rng.integers(len(usable))]
-        src, m = shots[source], masks[source]
-        turns = int(rng.integers(4))
-        src, m = np.rot90(src, turns), np.rot90(m, turns)
-        if rng.integers(2):
-            src, m = src[:, ::-1], m[:, ::-1]
-        ys, xs = np.nonzero(m)
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        ty, tx = int(rng.integers(0, size - (y1 - y0) + 1)), int(rng.integers(0, size - (x1 - x0) + 1))
-        region, patch = m[y0:y1, x0:x1], src[y0:y1, x0:x1]
-        good[ty : ty + y1 - y0, tx : tx + x1 - x0][region] = patch[region]
         placed = np.zeros((size, size), bool)
-        placed[ty : ty + y1 - y0, tx : tx + x1 - x0] = region
+        for _ in range(copies):
+            src, m = shots[source], masks[source]
+            turns = int(rng.integers(4))
+            src, m = np.rot90(src, turns), np.rot90(m, turns)
+            if rng.integers(2):
+                src, m = src[:, ::-1], m[:, ::-1]
+            ys, xs = np.nonzero(m)
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            ty, tx = int(rng.integers(0, size - (y1 - y0) + 1)), int(rng.integers(0, size - (x1 - x0) + 1))
+            region, patch = m[y0:y1, x0:x1], src[y0:y1, x0:x1]
+            good[ty : ty + y1 - y0, tx : tx + x1 - x0][region] = patch[region]
+            placed[ty : ty + y1 - y0, tx : tx + x1 - x0] |= region
         images.append(good)
         out_masks.append(placed)
         sources.append(source)
@@ -202,7 +204,8 @@ def describe_pool(inspector: Inspector, goods: Sequence[np.ndarray], shot_images
     made_a = validation_images(part_a, config, nuisance=False)  # part A trains: no nuisance copies
     made_b = validation_images(half_b, config, nuisance=validate)
     rng = np.random.default_rng(config.seed + 2)
-    pasted, pasted_masks, pasted_from = paste_defects(part_a, shot_images, shot_masks, config.head.pasted, rng)
+    pasted, pasted_masks, pasted_from = paste_defects(part_a, shot_images, shot_masks, config.head.pasted, rng,
+                                                         config.head.pasted_copies)
     return Pool(train=Cells.concat([describe(inspector, part_a),
                                     describe(inspector, made_a.defects, list(made_a.defect_masks))]),
                 level=describe(inspector, part_c), train_families=[None] * len(part_a) + list(made_a.defect_families),

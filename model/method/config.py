@@ -181,7 +181,8 @@ class HeadConfig:
     ``enabled``: "auto" trains it when the fit has labelled defects (``fit --defects``) and the
     chosen scoring has the NNS branch; true requires them; false never. Trained on the held-out
     goods (negatives), synthetic defects on them, the labelled defects' mask cells and
-    ``pasted`` goods that carry a labelled defect's masked region (rotated, flipped, moved).
+    ``pasted`` goods that each carry ``pasted_copies`` of a labelled defect's masked region
+    (rotated, flipped, moved).
     The abnormal bank keeps at most ``bank_size`` cells (a k-center coreset beyond); the inputs
     are projected on ``components`` principal directions and read by ``members`` networks of
     ``hidden`` channels whose probabilities are averaged. Only the probability above the head's
@@ -197,11 +198,14 @@ class HeadConfig:
     members: int = 3  # networks averaged (defect_head.network)
     components: int = 64  # the inputs' projection the network reads (defect_head.principal_basis)
     steps: int = 400  # 800 gave the same figures on magnetic tile (BENCHMARKS.md) at 1.5x the head stage
-    fold_steps: int = 200  # each cross-fitting head only ranks the weights, on half the goods
+    fold_steps: int = 150  # each cross-fitting head only ranks the weights, on half the goods
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-3
-    pasted: int = 200
+    pasted: int = 100
+    # Each pasted good carries this many copies of its one labelled defect: as many defect cells
+    # to learn from as 200 goods with one copy each, at half the images to describe
+    pasted_copies: int = 2
     inside: float = 0.75  # a cell joins the abnormal bank when its mask covers at least this fraction
     bank_size: int = 256  # at most this many abnormal cells (a coreset beyond): the search's cost
     weights: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
@@ -254,7 +258,8 @@ class FitConfig:
         if not self.head.weights or min(self.head.weights) < 0 or self.head.folds < 1:
             raise ValueError(f"head.weights must be one or more numbers >= 0 and head.folds >= 1, "
                              f"got {self.head.weights!r} and {self.head.folds!r}")
-        sizes = {k: getattr(self.head, k) for k in ("hidden", "members", "components", "bank_size", "steps", "batch_size")}
+        sizes = {k: getattr(self.head, k) for k in ("hidden", "members", "components", "bank_size", "steps", "batch_size",
+                                                    "pasted_copies")}
         if any(not isinstance(v, int) or v < 1 for v in sizes.values()):
             raise ValueError(f"head.{', head.'.join(sizes)} must be whole numbers >= 1, got {sizes}")
 
