@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cli.main import parse_pairs  # noqa: E402
 from model.jobs.dataset import list_test_set, read_mask  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
 from model.jobs.head_cells import Cells, describe  # noqa: E402
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> dict:
     inspector = Inspector.from_artifact(root / args.name)
     # the head as this build configures it: the reused K = 0 artifact stores the head config of the build that fit it
     cfg = replace(inspector.config, head=FitConfig().head).with_overrides(
-        {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)})
+        parse_pairs(args.set))
     size = cfg.image_size
     holdout = inspector.manifest.training.holdout_files
     goods = [resize_rgb(read_image(str(Path(args.data) / "train" / "good" / f)), size) for f in holdout]

@@ -29,6 +29,17 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def parse_pairs(items: list[str], option: str = "--set") -> dict[str, Any]:
+    """``KEY=VALUE`` items -> ``{key: value}``, each value read as JSON when it is JSON, else text."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"{option} expects key=value, got {item!r}")
+        pairs[key.strip()] = _parse_value(value)
+    return pairs
+
+
 def _fmt(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.4f}"
 
@@ -38,12 +49,7 @@ def load_config(config_file: str | None, overrides: list[str]):
     from model.method.config import FitConfig
 
     config = FitConfig.from_dict(json.loads(Path(config_file).read_text())) if config_file else FitConfig()
-    pairs = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        pairs[key.strip()] = _parse_value(value)
+    pairs = parse_pairs(overrides)
     return config.with_overrides(pairs) if pairs else config
 
 
@@ -148,7 +154,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         return 0
     if not args.artifacts:
         raise ValueError("cluster deploy needs --artifacts")
-    settings = {k.strip(): _parse_value(v) for k, _, v in (item.partition("=") for item in args.setting)}
+    settings = parse_pairs(args.setting, "--setting")
     autoscaling = {"min_replicas": args.min_replicas, "max_replicas": args.max_replicas,
                    "target_ongoing_requests": args.target_ongoing_requests}
     cluster_args = ClusterArgs(artifacts=args.artifacts, artifact_cache=args.artifact_cache,

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from cli.main import main as cli_main
+from cli.main import main as cli_main, parse_pairs
 from model.artifact.store import load_artifact
 from model.jobs.fit import fit
 from model.runtime.imageio import ImageDecodeError
@@ -50,3 +50,10 @@ def test_too_few_good_images_is_a_clear_error(tiny_data, tmp_path):
         shutil.copy(f, data / "train" / "good" / f.name)
     with pytest.raises(ValueError, match="too few"):
         fit(data, "few", tmp_path / "arts", tiny_config())
+
+
+def test_a_set_without_a_value_is_a_clear_error():
+    assert parse_pairs(["head.weights=[1, 2]", "scoring=nns", "x.y= 3"]) == {"head.weights": [1, 2], "scoring": "nns",
+                                                                            "x.y": 3}
+    with pytest.raises(SystemExit, match="--setting expects key=value, got 'max_batch_size'"):
+        parse_pairs(["max_batch_size"], "--setting")
