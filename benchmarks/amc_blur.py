@@ -1,5 +1,7 @@
 """AMC's final-map blur: the two matrix products (``amc.blur_matrix``) against the two 1-D
-reflect-padded convolutions they replaced, in one run, per map size and batch.
+reflect-padded convolutions they replaced, in one run, per map size and batch; then a grid
+map's upsampling and blur done at grid resolution (``upsample_smooth``) against upsampling it
+to full size and blurring that.
 
     PYTHONPATH=. .venv/bin/python benchmarks/amc_blur.py --threads 1
 """
@@ -48,6 +50,16 @@ def main() -> None:
         old, new = seconds(lambda m: convolutions(m, kernel), x, repeats), seconds(combiner.smooth, x, repeats)
         diff = float((combiner.smooth(x) - convolutions(x, kernel)).abs().max())
         print(f"| {size} | {batch} | {old * 1e3:.2f} | {new * 1e3:.2f} | {old / new:.1f}x | {diff:.1e} |", flush=True)
+    print("\n| size | grid | batch | upsample, then blur ms | at grid resolution ms | speed-up | max abs difference |")
+    print("|---|---|---|---|---|---|---|")
+    for size, grid, batch in ((256, 32, 1), (256, 32, 32), (512, 64, 8)):
+        m, combiner = torch.rand(batch, grid, grid), AnomalyMapCombiner(size, args.sigma)
+        repeats = max(3, 2_000_000 // (size * size * batch))
+        full = seconds(lambda g: combiner.smooth(combiner.upsample(g)), m, repeats)
+        fused = seconds(combiner.upsample_smooth, m, repeats)
+        diff = float((combiner.upsample_smooth(m) - combiner.smooth(combiner.upsample(m))).abs().max())
+        print(f"| {size} | {grid} | {batch} | {full * 1e3:.3f} | {fused * 1e3:.3f} | {full / fused:.1f}x | {diff:.1e} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -173,6 +173,15 @@ def test_amc_blur_is_the_reflect_padded_separable_convolution(size):
         blur_matrix(16, k)
 
 
+@pytest.mark.parametrize("sigma", [0, 4])
+def test_amc_upsamples_and_blurs_at_grid_resolution_as_it_would_at_full(sigma):
+    comb = AnomalyMapCombiner(64, sigma)
+    m, boost = torch.rand(2, 8, 12), torch.rand(2, 8, 12)
+    assert torch.allclose(comb.upsample_smooth(m), comb.smooth(comb.upsample(m)), atol=1e-6)
+    full = comb.smooth(comb.upsample(m)) * (1 + comb.smooth(comb.upsample(boost)))
+    assert torch.allclose(comb([m], boost), full[:, 0], atol=1e-6)
+
+
 def test_gaussian_kernel_is_normalised_and_sized_like_anomalib():
     k = gaussian_kernel1d(4.0)
     assert k.numel() == 33 and k.sum().item() == pytest.approx(1.0)
