@@ -223,14 +223,19 @@ def test_each_folds_head_is_gated_on_the_synthetic_families_it_never_trained_on(
     made = ValidationImages([], [], np.zeros((0, 8, 8), bool), [], [], [], [])
     pool = Pool(_marked_cells(marks), _marked_cells([-1.0]), families, None, torch.zeros(0, dtype=torch.long), made, [])
     shots = _marked_cells([10.0, 11.0], [0, 1])
-    trained, gated = [], []
+    trained, gated, sizes = [], [], []
     head = DefectHead(torch.zeros(1, 3), torch.zeros(13), torch.ones(13), torch.eye(13), 2)
-    monkeypatch.setattr(head_fit, "train",
-                        lambda cells, *a: (trained.append(cells.features[:, 0, 0, 0].tolist()) or head, {}))
+
+    def train(cells, bank, owner, config, steps, goods):
+        sizes.append((config.head.members, steps))
+        return trained.append(cells.features[:, 0, 0, 0].tolist()) or head, {}
+
+    monkeypatch.setattr(head_fit, "train", train)
     monkeypatch.setattr(head_fit, "weight_table", lambda *a, leave_out: gated.append(leave_out) or {})
     bank, owner = torch.zeros(2, 3), torch.tensor([0, 1])
     head_fit.cross_fit(None, pool, shots, [np.zeros((8, 8, 3), np.uint8)] * 2, [np.ones((8, 8), bool)] * 2,
-                       bank, owner, [[0], [1]], tiny_config())
+                       bank, owner, [[0], [1]], tiny_config(**{"head.fold_members": 2, "head.fold_steps": 7}))
+    assert sizes == [(2, 7)] * 2  # the cross-fitting heads' own size and steps, not the published head's
     assert len(trained) == len(gated) == 2 and set(gated[0]) | set(gated[1]) == set(FAMILIES)
     for marks_seen, left_out, shot in zip(trained, gated, (11.0, 10.0), strict=True):
         seen = {FAMILIES[int(m)] for m in marks_seen if 0 <= m < len(FAMILIES)}

@@ -8,10 +8,13 @@ without a mask trains at image level: its highest cell logit should say defect.
 
 The weight: ``head.folds``-fold cross-fitting over the shots. For each fold a head is trained
 on the other shots, on part A of the goods and on half of the synthetic families
-(``FAMILY_SPLIT``, alternating between folds), then every weight of ``head.weights`` is
-validated by the self-checking fit's figures and rule (``model.jobs.selection``) on the other
-half of the goods, the synthetic defects of the families that head did not train on, nuisance
-copies, and the fold's shots as the labelled defects. The figures are averaged over folds, so
+(``FAMILY_SPLIT``, alternating between folds): a cheaper head than the published one
+(``head.fold_members`` networks, ``head.fold_steps`` steps), since it only ranks the weights
+(one network and 100 steps gave the protocol's figures of three and 150: BENCHMARKS.md). Then
+every weight of ``head.weights`` is validated by the self-checking fit's figures and rule
+(``model.jobs.selection``) on the other half of the goods, the synthetic defects of the
+families that head did not train on, nuisance copies, and the fold's shots as the labelled
+defects. The figures are averaged over folds, so
 every family is scored by a head that never saw it: those stand for the defect types no shot
 shows. A weight must first keep that floor: on those synthetic defects, none of image AUROC,
 pixel AUROC and AU-PRO may fall more than ``head.floor_margin`` below weight 0's. Weight 0
@@ -201,11 +204,12 @@ def cross_fit(inspector: Inspector, pool: Pool, shots: Cells, shot_images: Seque
     and the synthetic defects of one side of ``FAMILY_SPLIT``, validated on the fold's shots
     and the images made from half B, the synthetic defects of the other side only."""
     tables = []
+    fold_config = replace(config, head=replace(config.head, members=config.head.fold_members))
     for k, fold in enumerate(split):
         rest = [i for i in range(len(shots)) if i not in fold]
         families = fold_families(k)
         keep = torch.isin(bank_owner, torch.as_tensor(rest, dtype=torch.long))
-        head, _ = train(pool.fold(shots, rest, families), bank[keep], bank_owner[keep], config,
+        head, _ = train(pool.fold(shots, rest, families), bank[keep], bank_owner[keep], fold_config,
                         config.head.fold_steps, pool.level)
         masks = [shot_masks[i] for i in fold]
         images = replace(pool.made, labelled=[shot_images[i] for i in fold],
