@@ -102,8 +102,7 @@ def run(args: argparse.Namespace) -> dict:
         fit_seconds = round(time.perf_counter() - t0, 1)
     inspector = Inspector.from_artifact(root / args.name)
     # the head as this build configures it: the reused K = 0 artifact stores the head config of the build that fit it
-    cfg = replace(inspector.config, head=FitConfig().head).with_overrides(
-        parse_pairs(args.set))
+    cfg = replace(inspector.config, head=FitConfig().head).with_overrides(parse_pairs(args.set))
     size = cfg.image_size
     holdout = inspector.manifest.training.holdout_files
     goods = [resize_rgb(read_image(str(Path(args.data) / "train" / "good" / f)), size) for f in holdout]

@@ -14,13 +14,13 @@ on the other shots, on part A of the goods and on half of the synthetic families
 every weight of ``head.weights`` is validated by the self-checking fit's figures and rule
 (``model.jobs.selection``) on the other half of the goods, the synthetic defects of the
 families that head did not train on, nuisance copies, and the fold's shots as the labelled
-defects. The figures are averaged over folds, so
-every family is scored by a head that never saw it: those stand for the defect types no shot
-shows. A weight must first keep that floor: on those synthetic defects, none of image AUROC,
-pixel AUROC and AU-PRO may fall more than ``head.floor_margin`` below weight 0's. Weight 0
-(the unsupervised map) comes first, so a tie keeps the head off. The published head is then
-trained on all of them, every family included. Every image is described once
-(``head_cells.Pool``), for the folds and the published head alike.
+defects. The figures are averaged over folds, so every family is scored by a head that never
+saw it: those stand for the defect types no shot shows. A weight must first keep that floor:
+on those synthetic defects, none of image AUROC, pixel AUROC and AU-PRO may fall more than
+``head.floor_margin`` below weight 0's. Weight 0 (the unsupervised map) comes first, so a tie
+keeps the head off. The published head is then trained on all of them, every family
+included. Every image is described once (``head_cells.Pool``), for the folds and the published
+head alike.
 
 Every head, the folds' and the published one, has its level on good parts (``good_level``) set
 on a part of the goods that no head trains on or is validated on (``Pool.level``): only its
