@@ -243,6 +243,26 @@ def test_each_folds_head_is_gated_on_the_synthetic_families_it_never_trained_on(
     assert not set(gated[0]) & set(gated[1])
 
 
+def test_a_small_category_trains_and_pastes_in_proportion_to_its_goods(monkeypatch):
+    import model.jobs.head_cells as head_cells
+    from model.jobs.head_fit import train
+
+    cells = _marked_cells([float(i) for i in range(10)])
+    config = tiny_config(**{"head.epochs": 6, "head.batch_size": 4, "head.components": 3})
+    bank, owner = torch.zeros(1, 3), torch.tensor([0])
+    assert train(cells, bank, owner, config, 400, cells)[1]["steps"] == 15  # 6 passes over 10 images, 4 a step
+    assert train(cells, bank, owner, config, 9, cells)[1]["steps"] == 9  # fewer steps asked: those
+
+    asked = []
+    monkeypatch.setattr(head_cells, "describe", lambda inspector, images, *a, **k: _marked_cells([0.0] * len(images)))
+    monkeypatch.setattr(head_cells, "paste_defects",
+                        lambda goods, shots, masks, n, rng, copies: asked.append((len(goods), n)) or ([], [], []))
+    goods = [np.zeros((64, 64, 3), np.uint8)] * 12  # half of them, 6: one sets the level, 5 are part A
+    for pasted, expected in ((100, 15), (8, 8)):
+        head_cells.describe_pool(None, goods, [], [], tiny_config(**{"head.pasted": pasted, "head.pasted_per_good": 3}),
+                                 validate=False)
+        assert asked.pop() == (5, expected)
+
 def test_the_weight_is_chosen_on_held_out_shots_and_a_zero_weight_stores_no_head(chosen, defects):
     m = json.loads((chosen.artifact / "manifest.json").read_text())
     record = m["fit"]["head"]

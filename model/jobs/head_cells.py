@@ -204,7 +204,8 @@ def describe_pool(inspector: Inspector, goods: Sequence[np.ndarray], shot_images
     made_a = validation_images(part_a, config, nuisance=False)  # part A trains: no nuisance copies
     made_b = validation_images(half_b, config, nuisance=validate)
     rng = np.random.default_rng(config.seed + 2)
-    pasted, pasted_masks, pasted_from = paste_defects(part_a, shot_images, shot_masks, config.head.pasted, rng,
+    n_pasted = min(config.head.pasted, config.head.pasted_per_good * len(part_a))
+    pasted, pasted_masks, pasted_from = paste_defects(part_a, shot_images, shot_masks, n_pasted, rng,
                                                          config.head.pasted_copies)
     return Pool(train=Cells.concat([describe(inspector, part_a),
                                     describe(inspector, made_a.defects, list(made_a.defect_masks))]),

@@ -187,6 +187,8 @@ class HeadConfig:
     are projected on ``components`` principal directions and read by ``members`` networks of
     ``hidden`` channels whose probabilities are averaged. Only the probability above the head's
     level on good parts (set on held-out goods that no head trains on) boosts the map.
+    The pasted goods and the steps are capped in proportion to the goods (``pasted_per_good``,
+    ``epochs``), so the stage's cost follows the fit's on small categories.
     Its boost ``weight`` is chosen from ``weights`` by the self-checking fit's rule on labelled
     defects it did not train on (``folds``-fold cross-fitting, each fold's head ``fold_members``
     networks trained ``fold_steps`` steps); 0, no boost, comes first so a tie
@@ -200,11 +202,15 @@ class HeadConfig:
     components: int = 64  # the inputs' projection the network reads (defect_head.principal_basis)
     steps: int = 400  # 800 gave the same figures on magnetic tile (BENCHMARKS.md) at 1.5x the head stage
     fold_steps: int = 100  # each cross-fitting head only ranks the weights, on half the goods
+    # Steps are also capped at this many passes over a head's training images, so a small category
+    # trains in proportion to its size: magnetic tile's 400 steps make 54 passes over its 238 images
+    epochs: int = 56
     fold_members: int = 1  # networks in each cross-fitting head: one trains 3x faster a step
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 1e-3
     pasted: int = 100
+    pasted_per_good: int = 4  # and at most this many pasted goods per good they are pasted on
     # Each pasted good carries this many copies of its one labelled defect: as many defect cells
     # to learn from as 200 goods with one copy each, at half the images to describe
     pasted_copies: int = 2
