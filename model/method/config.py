@@ -200,11 +200,11 @@ class HeadConfig:
     hidden: int = 16  # channels of each member network
     members: int = 3  # networks averaged (defect_head.network)
     components: int = 64  # the inputs' projection the network reads (defect_head.principal_basis)
-    steps: int = 400  # 800 gave the same figures on magnetic tile (BENCHMARKS.md) at 1.5x the head stage
+    steps: int = 200  # 400 and 800 gave the same figures on magnetic tile (BENCHMARKS.md)
     fold_steps: int = 100  # each cross-fitting head only ranks the weights, on half the goods
     # Steps are also capped at this many passes over a head's training images, so a small category
-    # trains in proportion to its size: magnetic tile's 400 steps make 54 passes over its 238 images
-    epochs: int = 56
+    # trains in proportion to its size: magnetic tile's 200 steps make 27 passes over its 238 images
+    epochs: int = 28
     fold_members: int = 1  # networks in each cross-fitting head: one trains 3x faster a step
     batch_size: int = 32
     lr: float = 3e-3
