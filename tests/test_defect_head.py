@@ -263,6 +263,7 @@ def test_a_small_category_trains_and_pastes_in_proportion_to_its_goods(monkeypat
                                  validate=False)
         assert asked.pop() == (5, expected)
 
+
 def test_the_weight_is_chosen_on_held_out_shots_and_a_zero_weight_stores_no_head(chosen, defects):
     m = json.loads((chosen.artifact / "manifest.json").read_text())
     record = m["fit"]["head"]

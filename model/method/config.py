@@ -210,7 +210,7 @@ class HeadConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-3
     pasted: int = 100
-    pasted_per_good: int = 4  # and at most this many pasted goods per good they are pasted on
+    pasted_per_good: int = 4  # and at most this many for each good of part A, which they are pasted on
     # Each pasted good carries this many copies of its one labelled defect: as many defect cells
     # to learn from as 200 goods with one copy each, at half the images to describe
     pasted_copies: int = 2
