@@ -417,7 +417,7 @@ def test_the_heads_direct_projection_equals_projecting_the_built_inputs():
     assert torch.allclose(head(*args), built, atol=1e-5)
 
 
-@pytest.mark.parametrize("key", ["head.members", "head.components", "head.bank_size", "head.hidden"])
+@pytest.mark.parametrize("key", ["head.members", "head.components", "head.bank_size", "head.hidden", "head.epochs"])
 def test_head_sizes_below_one_are_refused(key):
     with pytest.raises(ValueError, match="must be whole numbers >= 1"):
         FitConfig().with_overrides({key: 0})

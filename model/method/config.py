@@ -266,8 +266,8 @@ class FitConfig:
         if not self.head.weights or min(self.head.weights) < 0 or self.head.folds < 1:
             raise ValueError(f"head.weights must be one or more numbers >= 0 and head.folds >= 1, "
                              f"got {self.head.weights!r} and {self.head.folds!r}")
-        sizes = {k: getattr(self.head, k) for k in ("hidden", "members", "components", "bank_size", "steps", "batch_size",
-                                                    "fold_steps", "fold_members", "pasted_copies")}
+        sizes = {k: getattr(self.head, k) for k in ("hidden", "members", "components", "bank_size", "steps", "epochs",
+                                                    "batch_size", "fold_steps", "fold_members", "pasted_copies")}
         if any(not isinstance(v, int) or v < 1 for v in sizes.values()):
             raise ValueError(f"head.{', head.'.join(sizes)} must be whole numbers >= 1, got {sizes}")
 
