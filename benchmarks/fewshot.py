@@ -36,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli.main import parse_pairs  # noqa: E402
 from model.jobs.dataset import list_test_set, read_mask  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
-from model.jobs.head_cells import Cells, describe  # noqa: E402
+from model.jobs.described import Cells, describe  # noqa: E402
 from model.jobs.head_fit import FIGURES, fit_head  # noqa: E402
 from model.jobs.host import keep_freed_memory  # noqa: E402
+from model.jobs.selection import validation_images  # noqa: E402
 from model.method.amc import image_scores  # noqa: E402
 from model.method.calibration import best_f1_threshold, calibrate_on_good, calibrate_with_defects  # noqa: E402
 from model.method.config import FitConfig  # noqa: E402
@@ -112,7 +113,9 @@ def run(args: argparse.Namespace) -> dict:
     labels = np.array([s.label for s in samples])
     masks = np.stack([read_mask(s, size) for s in samples])
     nonempty = masks.reshape(len(masks), -1).any(1)
-    test, good_cells = describe(inspector, images), describe(inspector, goods)
+    made = validation_images(goods, cfg)  # the fit's validation images, described once as its validate stage does
+    test, made_cells = describe(inspector, images), describe(inspector, made.all)
+    good_cells = made_cells.take(range(len(goods)))
     base_maps, good_maps = final_maps(inspector, test), final_maps(inspector, good_cells)
     base_scores, good_scores = scores_of(base_maps, inspector), scores_of(good_maps, inspector)
     base_thresholds = calibrate_on_good(good_scores, good_maps, cfg.calibration.image_false_alarm_rate,
@@ -125,8 +128,9 @@ def run(args: argparse.Namespace) -> dict:
             for seed in [int(v) for v in args.seeds.split(",")]:
                 shots, hard_type = draw(types, nonempty, regime, k, seed)
                 t = time.perf_counter()
-                head, record = fit_head(inspector, goods, [images[i] for i in shots], [masks[i] for i in shots],
-                                        [str(types[i]) for i in shots], cfg)
+                head, record = fit_head(inspector, replace(made, labelled=[images[i] for i in shots]),
+                                        [masks[i] for i in shots], [str(types[i]) for i in shots], cfg,
+                                        Cells.concat([made_cells, test.take(shots)]))
                 head_seconds = time.perf_counter() - t
                 last_head = head or last_head
                 keep = np.array([i not in set(shots) and types[i] != hard_type for i in range(len(samples))])

@@ -16,7 +16,8 @@ from model.artifact.store import load_artifact
 from model.jobs.dataset import list_defects
 from model.jobs.evaluate import evaluate
 from model.jobs.fit import fit
-from model.jobs.head_cells import Cells, abnormal_bank, input_chunks, paste_defects
+from model.jobs.described import Cells
+from model.jobs.head_cells import abnormal_bank, input_chunks, paste_defects
 from model.jobs.head_fit import folds
 from model.jobs.selection import ValidationImages
 from model.method.amc import AnomalyMapCombiner
@@ -220,7 +221,7 @@ def test_each_folds_head_is_gated_on_the_synthetic_families_it_never_trained_on(
 
     families = [None, None, *FAMILIES, *FAMILIES]  # two goods, then two defects of each family
     marks = [-1.0, -1.0, *[float(FAMILIES.index(f)) for f in families[2:]]]
-    made = ValidationImages([], [], np.zeros((0, 8, 8), bool), [], [], [], [])
+    made = ValidationImages([], [], np.zeros((0, 8, 8), bool), [], [], [], [], [])
     pool = Pool(_marked_cells(marks), _marked_cells([-1.0]), families, None, torch.zeros(0, dtype=torch.long), made, [])
     shots = _marked_cells([10.0, 11.0], [0, 1])
     trained, gated, sizes = [], [], []
@@ -258,9 +259,10 @@ def test_a_small_category_trains_and_pastes_in_proportion_to_its_goods(monkeypat
     monkeypatch.setattr(head_cells, "paste_defects",
                         lambda goods, shots, masks, n, rng, copies: asked.append((len(goods), n)) or ([], [], []))
     goods = [np.zeros((64, 64, 3), np.uint8)] * 12  # half of them, 6: one sets the level, 5 are part A
+    made = ValidationImages(goods, [], np.zeros((0, 64, 64), bool), [], [], [], [], [])
     for pasted, expected in ((100, 15), (8, 8)):
-        head_cells.describe_pool(None, goods, [], [], tiny_config(**{"head.pasted": pasted, "head.pasted_per_good": 3}),
-                                 validate=False)
+        head_cells.describe_pool(None, made, lambda index, *a: _marked_cells([0.0] * len(index)), [],
+                                 tiny_config(**{"head.pasted": pasted, "head.pasted_per_good": 3}), validate=False)
         assert asked.pop() == (5, expected)
 
 

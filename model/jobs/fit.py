@@ -44,6 +44,7 @@ from model.jobs.dataset import (
     read_mask,
     split_decodable,
 )
+from model.jobs.described import Recording
 from model.jobs.head_fit import fit_head
 from model.jobs.progress import ProgressFactory, silent_progress
 from model.jobs.selection import (
@@ -158,14 +159,15 @@ def fit_chosen(config: FitConfig, fit_files: Sequence[Path], validation: Validat
     images = cache(lambda: load_validation_images(validation.files[:n_hold], validation.files[n_hold:],
                                                   labelled_masks, config))
     parts = fit_parts(psg_configs[0], fit_files, device, progress, watch, *branches_needed(psg_configs[0], n_hold))
-    scoring, selection = select_scoring(parts, psg_configs[0], n_hold, images, device, watch)
+    recording = Recording(parts.features, parts.bank) if defects and parts.bank is not None else None
+    scoring, selection = select_scoring(parts, psg_configs[0], n_hold, images, device, watch, recording)
     variant, psg_selection = parts.variant(scoring, watch), None
     if len(psg_configs) == 2:
         with_psg = fit_variant(scoring.with_overrides({"psg.enabled": True}), fit_files, device, progress, watch)
         keep, psg_selection = select_psg(variant.inspector(device), with_psg.inspector(device), images(),
                                          scoring, watch)
         variant = with_psg if keep else variant
-    variant, head_record = attach_head(variant, images, defects, device, watch)
+    variant, head_record = attach_head(variant, images, defects, device, watch, recording)
     with watch.stage("calibrate"):
         scores, maps = inspect_files(variant.inspector(device), validation.files, progress, "calibrate")
     block = metrics.metric_block(scores, validation.labels, maps, validation.masks) if defects else None
@@ -173,16 +175,18 @@ def fit_chosen(config: FitConfig, fit_files: Sequence[Path], validation: Validat
 
 
 def attach_head(variant: Variant, images: Callable[[], ValidationImages], defects: Sequence[TestSample],
-                device: str, watch: Timer) -> tuple[Variant, dict | None]:
+                device: str, watch: Timer, recording: Recording | None = None) -> tuple[Variant, dict | None]:
     """``variant`` with its defect head when ``wants_head`` (``head.enabled`` resolved to true or
-    false in its config), and the manifest's ``fit.head`` record (None without labelled defects)."""
+    false in its config), and the manifest's ``fit.head`` record (None without labelled defects).
+    The ``recording`` of the validate stage, when it holds this variant's description of the
+    validation images, spares the head describing them again."""
     config = variant.config
     if wants_head(config, defects):
         with watch.stage("head"):
-            made = images()
             masks = [read_mask(d, config.image_size) if d.mask_path is not None else None for d in defects]
-            head, record = fit_head(variant.inspector(device), made.goods, made.labelled, masks,
-                                    [d.defect for d in defects], config)
+            recorded = recording.of(variant.features, variant.bank, variant.gaussian) if recording else None
+            head, record = fit_head(variant.inspector(device), images(), masks, [d.defect for d in defects],
+                                    config, recorded)
         if head is None:  # weight 0: the unsupervised map won, nothing to store or to run
             return replace(variant, config=config.with_overrides({"head.enabled": False})), record
         return replace(variant, head=head, config=config.with_overrides({"head.enabled": True})), record

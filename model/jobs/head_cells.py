@@ -1,100 +1,28 @@
-"""What the defect head trains and validates on: images described once through the fitted
-variant, per NNS cell (``Cells``), the abnormal bank built from the labelled defects, and the
-goods that carry a pasted defect.
+"""What the defect head trains and validates on: the abnormal bank built from the labelled
+defects, the goods that carry a pasted defect, and the fit's validation images dealt to the
+parts a head trains on, sets its level on and is validated on (``Pool``).
 
-A set of images is run through the variant's own feature path and branches once; the head's
-inputs for any abnormal bank (each cross-fitting fold has its own) are then built from that
-description without another pass (``input_chunks``). ``Pool`` holds everything a fit's heads
-learn from and are validated on, described once.
+Every image is described once through the fitted variant (``model.jobs.described``: the
+validate stage's description where it has one); the head's inputs for any abnormal bank (each
+cross-fitting fold has its own) are then built from that description without another pass
+(``input_chunks``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from model.jobs.selection import ValidationImages, validation_images
+from model.jobs.described import Cells, Describer, describe, grid_cover
+from model.jobs.selection import ValidationImages, made_images
 from model.method.config import FitConfig
 from model.method.coreset import greedy_coreset
 from model.method.defect_head import cell_inputs
+from model.method.synthetic_defects import FAMILIES
 from model.runtime.inspector import Inspector
-
-BORDER = (0.01, 0.5)  # cells this fraction covered by a mask are left out of the loss
-
-
-@dataclass
-class Cells:
-    """A set of images described through the variant, on the NNS grid ``[N, *, h, w]``."""
-
-    features: torch.Tensor  # [N, C, h, w]
-    nearest: torch.Tensor  # [N, C, h, w] nearest normal vector
-    distance: torch.Tensor  # [N, h, w] NNS map
-    gaussian: torch.Tensor | None  # [N, H, W] Gaussian map, None without the branch
-    target: torch.Tensor  # [N, h, w] 1 where a mask covers at least half the cell
-    weight: torch.Tensor  # [N, h, w] pixel-loss weight: 0 at mask borders and on defects without a mask, else 1
-    image_label: torch.Tensor  # [N] 1 for a defect image without a mask (image-level loss), else 0
-    owner: torch.Tensor  # [N] which labelled defect the image is (-1: none)
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-    def take(self, index: Sequence[int]) -> Cells:
-        i = torch.as_tensor(list(index), dtype=torch.long)
-        return Cells(*(t[i] if t is not None else None for t in self.__dict__.values()))
-
-    @staticmethod
-    def concat(parts: Sequence[Cells | None]) -> Cells:
-        """The parts (None or empty ones skipped) as one set."""
-        parts = [p for p in parts if p is not None and len(p)]
-        fields = zip(*(p.__dict__.values() for p in parts), strict=True)
-        return Cells(*(None if t[0] is None else torch.cat(t) for t in fields))
-
-    def branch_maps(self) -> list[torch.Tensor]:
-        """The branch maps the Inspector's combiner takes, in its order (nns, gaussian)."""
-        return [self.distance] + ([self.gaussian] if self.gaussian is not None else [])
-
-
-def grid_cover(masks: Sequence[np.ndarray | None], size: int, hw: tuple[int, int]) -> torch.Tensor:
-    """Fraction ``[N, h, w]`` of each grid cell that ``masks`` (each ``[size, size]``, or None:
-    nothing) covers."""
-    empty = np.zeros((size, size), bool)
-    m = torch.from_numpy(np.stack([np.ascontiguousarray(k) if k is not None else empty for k in masks]))
-    return F.adaptive_avg_pool2d(m.float().unsqueeze(1), hw).squeeze(1)
-
-
-@torch.inference_mode()
-def describe(inspector: Inspector, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None] | None = None,
-             owners: Sequence[int] | None = None) -> Cells | None:
-    """``images`` (RGB ``uint8`` at the model input size) through ``inspector``'s feature path and
-    branches, with their ``masks`` (None: a good image; a None entry: a defect without a mask).
-    None for no images."""
-    if not len(images):
-        return None
-    out: dict[str, list[torch.Tensor]] = {"features": [], "nearest": [], "distance": [], "gaussian": []}
-    nns, gauss = inspector.branches.nns, inspector.branches.gaussian
-    for start in range(0, len(images), inspector.config.batch_size):
-        inputs = inspector.branch_inputs(inspector.preprocess(images[start : start + inspector.config.batch_size])
-                                         .to(inspector.device))
-        distance, nearest = nns.search(inputs["nns"])
-        out["features"].append(inputs["nns"].cpu())
-        out["nearest"].append(nearest.cpu())
-        out["distance"].append(distance.cpu())
-        if gauss is not None:
-            out["gaussian"].append(gauss(inputs["gaussian"]).cpu())
-    n, size = len(images), inspector.config.image_size
-    t = {k: torch.cat(v) if v else None for k, v in out.items()}
-    hw = tuple(t["features"].shape[-2:])
-    masks = list(masks) if masks is not None else [np.zeros((size, size), bool)] * n
-    cover = grid_cover(masks, size, hw)
-    border = (cover >= BORDER[0]) & (cover < BORDER[1])
-    maskless = torch.tensor([m is None for m in masks], dtype=torch.float32)
-    return Cells(t["features"], t["nearest"], t["distance"], t["gaussian"], (cover >= BORDER[1]).float(),
-                 (~border).float() * (1 - maskless)[:, None, None], maskless,
-                 torch.as_tensor(list(owners) if owners is not None else [-1] * n, dtype=torch.long))
 
 
 def abnormal_bank(shots: Cells, masks: Sequence[np.ndarray | None], inside: float,
@@ -176,7 +104,7 @@ class Pool:
     pasted: Cells | None
     pasted_from: torch.Tensor
     made: ValidationImages
-    held: list[Cells]
+    held: list[Cells | None]
 
     def fold(self, shots: Cells, rest: Sequence[int], families: Sequence[str]) -> Cells:
         """A cross-fitting head's training cells: part A's goods, its synthetic defects of the
@@ -193,24 +121,56 @@ class Pool:
         return Cells.concat([self.train, *self.held[:2], self.pasted, shots])
 
 
-def describe_pool(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Sequence[np.ndarray],
+def roles(families: Sequence[str | None]) -> tuple[list[int], list[int], list[int]]:
+    """The goods (by the family of their first synthetic defect, None: none) dealt to part A,
+    part C and half B, so that each gets every family: in family order, alternately to half B
+    and the other half; every fourth of the other half is part C (at least one)."""
+    rank = {f: i for i, f in enumerate(FAMILIES)}
+    order = sorted(range(len(families)), key=lambda i: (rank.get(families[i], len(rank)), i))
+    side, half_b = order[0::2], order[1::2]
+    in_c = set(side[3::4]) or set(side[-1:])
+    return sorted(set(side) - in_c), sorted(in_c), sorted(half_b)
+
+
+def first_families(images: ValidationImages) -> list[str | None]:
+    """Each good's first synthetic defect's family (None: it has none)."""
+    first: dict[int, str] = {}
+    for source, family in zip(images.defect_sources, images.defect_families, strict=True):
+        first.setdefault(source, family)
+    return [first.get(i) for i in range(len(images.goods))]
+
+
+def completed(inspector: Inspector, made: ValidationImages, recorded: Cells | None, config: FitConfig,
+              nuisance: bool, extend: bool = True) -> tuple[ValidationImages, Callable[..., Cells | None]]:
+    """The fit's validation images ``made`` completed for the pool (unless not ``extend``): the
+    goods beyond ``selection.max_images``, which the validate stage made nothing from, get their
+    synthetic defects and (with ``nuisance``) nuisance copies here; and ``Describer.cells`` of
+    the result's images, those of ``made`` taken from ``recorded`` (the cells of ``made.all`` as
+    good images) when given."""
+    first = min(len(made.goods), config.selection.max_images) if extend else len(made.goods)
+    extra = made_images(made.goods[first:], len(made.goods) - first, np.random.default_rng(config.seed + 3),
+                        config, nuisance)
+    every = made.extended(extra, first)
+    n, n_def, n_nui, x_def = len(made.goods), len(made.defects), len(made.nuisance), len(extra.defects)
+    at = [*range(n + n_def), *range(n + n_def + x_def, n + n_def + x_def + n_nui),
+          *range(len(every.all) - len(made.labelled), len(every.all))]  # made.all's images in every.all
+    return every, Describer(inspector, every.all, recorded, at).cells
+
+
+def describe_pool(inspector: Inspector, every: ValidationImages, cells: Callable[..., Cells | None],
                   shot_masks: Sequence[np.ndarray | None], config: FitConfig, validate: bool) -> Pool:
-    """``goods`` split and described (the nuisance copies only when ``validate``): half B
-    validates; of the other half, every fourth good is part C, the rest part A."""
-    half, half_b = list(goods[0::2]), list(goods[1::2])
-    in_c = set(range(3, len(half), 4)) or {len(half) - 1}
-    part_a = [g for i, g in enumerate(half) if i not in in_c]
-    part_c = [g for i, g in enumerate(half) if i in in_c]
-    made_a = validation_images(part_a, config, nuisance=False)  # part A trains: no nuisance copies
-    made_b = validation_images(half_b, config, nuisance=validate)
+    """The images ``every`` (``completed``; ``cells`` describes them) dealt to the pool's parts
+    (``roles``; half B's nuisance copies only when ``validate``), and part A's goods carrying
+    pasted labelled defects (``every.labelled``)."""
+    part_a, part_c, half_b = roles(first_families(every))
+    train, (goods_a, defects_a, _) = every.subset(part_a, nuisance=False)
+    made_b, (goods_b, defects_b, nuisance_b) = every.subset(half_b, nuisance=validate)
     rng = np.random.default_rng(config.seed + 2)
     n_pasted = min(config.head.pasted, config.head.pasted_per_good * len(part_a))
-    pasted, pasted_masks, pasted_from = paste_defects(part_a, shot_images, shot_masks, n_pasted, rng,
+    pasted, pasted_masks, pasted_from = paste_defects(train.goods, every.labelled, shot_masks, n_pasted, rng,
                                                          config.head.pasted_copies)
-    return Pool(train=Cells.concat([describe(inspector, part_a),
-                                    describe(inspector, made_a.defects, list(made_a.defect_masks))]),
-                level=describe(inspector, part_c), train_families=[None] * len(part_a) + list(made_a.defect_families),
+    return Pool(train=Cells.concat([cells(goods_a), cells(defects_a, list(train.defect_masks))]),
+                level=cells(part_c), train_families=[None] * len(part_a) + train.defect_families,
                 pasted=describe(inspector, pasted, pasted_masks),
                 pasted_from=torch.as_tensor(pasted_from, dtype=torch.long), made=made_b,
-                held=[describe(inspector, made_b.goods), describe(inspector, made_b.defects, list(made_b.defect_masks)),
-                      describe(inspector, made_b.nuisance)])
+                held=[cells(goods_b), cells(defects_b, list(made_b.defect_masks)), cells(nuisance_b)])

@@ -20,7 +20,8 @@ on those synthetic defects, none of image AUROC, pixel AUROC and AU-PRO may fall
 ``head.floor_margin`` below weight 0's. Weight 0 (the unsupervised map) comes first, so a tie
 keeps the head off. The published head is then trained on all of them, every family
 included. Every image is described once (``head_cells.Pool``), for the folds and the published
-head alike.
+head alike: the fit's validation images, described already by the validate stage when it ran
+(``model.jobs.described``), and the pasted goods.
 
 Every head, the folds' and the published one, has its level on good parts (``good_level``) set
 on a part of the goods that no head trains on or is validated on (``Pool.level``): only its
@@ -39,7 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.jobs.head_cells import Cells, Pool, abnormal_bank, describe, describe_pool, input_chunks
+from model.jobs.described import Cells
+from model.jobs.head_cells import Pool, abnormal_bank, completed, describe_pool, input_chunks
 from model.jobs.selection import PSG_FAMILIES, RULE, ValidationImages, choose, figures, fraction_scores
 from model.method.config import FitConfig
 from model.method.defect_head import DefectHead, principal_basis
@@ -165,18 +167,21 @@ def folds(shot_types: Sequence[str], n: int) -> list[list[int]]:
     return [f for f in out if f]
 
 
-def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Sequence[np.ndarray],
-             shot_masks: Sequence[np.ndarray | None], shot_types: Sequence[str],
-             config: FitConfig) -> tuple[DefectHead | None, dict]:
+def fit_head(inspector: Inspector, made: ValidationImages, shot_masks: Sequence[np.ndarray | None],
+             shot_types: Sequence[str], config: FitConfig, recorded: Cells | None = None) -> tuple[DefectHead | None, dict]:
     """The head to publish, with its weight (None when the weight chosen is 0: nothing to train or
-    store), and the manifest's ``fit.head`` record."""
+    store), and the manifest's ``fit.head`` record. ``made``: the fit's validation images, the
+    labelled defects among them; ``recorded``: the cells of ``made.all`` from the validate
+    stage (``model.jobs.described``), None to describe them here."""
     start = time.perf_counter()
-    shots = describe(inspector, shot_images, shot_masks, range(len(shot_images)))
-    bank, bank_owner = abnormal_bank(shots, shot_masks, config.head.inside, config.head.bank_size)
+    n_shots = len(made.labelled)
     choosing = len(config.head.weights) > 1
-    split = folds(shot_types, config.head.folds) if choosing and config.head.folds > 1 and len(shot_images) > 1 else []
-    pool = describe_pool(inspector, goods, shot_images, shot_masks, config, bool(split)) if split or not choosing else None
-    table = _mean_table(cross_fit(inspector, pool, shots, shot_images, shot_masks, bank, bank_owner, split,
+    split = folds(shot_types, config.head.folds) if choosing and config.head.folds > 1 and n_shots > 1 else []
+    every, cells = completed(inspector, made, recorded, config, nuisance=bool(split), extend=bool(split) or not choosing)
+    shots = cells(range(len(every.all) - n_shots, len(every.all)), shot_masks, range(n_shots))
+    bank, bank_owner = abnormal_bank(shots, shot_masks, config.head.inside, config.head.bank_size)
+    pool = describe_pool(inspector, every, cells, shot_masks, config, bool(split)) if split or not choosing else None
+    table = _mean_table(cross_fit(inspector, pool, shots, made.labelled, shot_masks, bank, bank_owner, split,
                                   config)) if split else {}
     eligible = keep_floor(table, config)
     key = choose(eligible, config) if eligible else None
@@ -185,7 +190,7 @@ def fit_head(inspector: Inspector, goods: Sequence[np.ndarray], shot_images: Seq
               "kept_floor": list(eligible), "chosen": key,
               "folds": [[int(i) for i in f] for f in split],
               "fold_families": [list(fold_families(k)) for k in range(len(split))],
-              "training": None}
+              "training": None, "validation_described_by": "the validate stage" if recorded is not None else "this stage"}
     head = None
     if chosen > 0:
         head, record["training"] = train(pool.everything(shots), bank, bank_owner, config, config.head.steps,

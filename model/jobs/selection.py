@@ -44,12 +44,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from model.jobs.described import Recording
 from model.method.amc import image_scores
 from model.method.calibration import far_threshold
 from model.jobs.variant import Parts
@@ -77,6 +78,7 @@ class ValidationImages:
     defects: list[np.ndarray]  # synthetic
     defect_masks: np.ndarray  # [Nd, S, S] bool
     defect_families: list[str]  # synthetic_defects.FAMILIES, one per defect
+    defect_sources: list[int]  # index into goods of each defect's source
     nuisance: list[np.ndarray]
     nuisance_kinds: list[str]
     nuisance_sources: list[int]  # index into goods of each nuisance copy's source
@@ -87,43 +89,81 @@ class ValidationImages:
     def all(self) -> list[np.ndarray]:
         return [*self.goods, *self.defects, *self.nuisance, *self.labelled]
 
+    def extended(self, other: ValidationImages, first: int) -> ValidationImages:
+        """These images with ``other``'s synthetic defects and nuisance copies added, whose
+        sources are the goods from ``first`` on (``other.goods`` is ``goods[first:]``)."""
+        return replace(self, defects=[*self.defects, *other.defects],
+                       defect_masks=np.concatenate([self.defect_masks, other.defect_masks]),
+                       defect_families=[*self.defect_families, *other.defect_families],
+                       defect_sources=[*self.defect_sources, *(first + s for s in other.defect_sources)],
+                       nuisance=[*self.nuisance, *other.nuisance],
+                       nuisance_kinds=[*self.nuisance_kinds, *other.nuisance_kinds],
+                       nuisance_sources=[*self.nuisance_sources, *(first + s for s in other.nuisance_sources)])
+
+    def subset(self, goods: Sequence[int], nuisance: bool = True) -> tuple[ValidationImages, list[list[int]]]:
+        """The images of the ``goods`` (indices) only, their synthetic defects and (with
+        ``nuisance``) nuisance copies, without the labelled defects; and where its goods,
+        defects and nuisance copies are in ``self.all``."""
+        at = {g: i for i, g in enumerate(goods)}
+        n, n_def = len(self.goods), len(self.defects)
+        defects = [k for k, s in enumerate(self.defect_sources) if s in at]
+        copies = [k for k, s in enumerate(self.nuisance_sources) if s in at] if nuisance else []
+        images = ValidationImages(
+            goods=[self.goods[g] for g in goods], defects=[self.defects[k] for k in defects],
+            defect_masks=self.defect_masks[defects], defect_families=[self.defect_families[k] for k in defects],
+            defect_sources=[at[self.defect_sources[k]] for k in defects],
+            nuisance=[self.nuisance[k] for k in copies], nuisance_kinds=[self.nuisance_kinds[k] for k in copies],
+            nuisance_sources=[at[self.nuisance_sources[k]] for k in copies])
+        return images, [list(goods), [n + k for k in defects], [n + n_def + k for k in copies]]
+
 
 def validation_images(goods: Sequence[np.ndarray], config: FitConfig, labelled: Sequence[np.ndarray] = (),
                       labelled_masks: np.ndarray | None = None, nuisance: bool = True) -> ValidationImages:
     """Synthetic defects and (unless not ``nuisance``) nuisance copies of (up to
     ``selection.max_images``) ``goods``, seeded."""
+    return made_images(goods, config.selection.max_images, np.random.default_rng(config.seed + 1), config,
+                       nuisance, labelled, labelled_masks)
+
+
+def made_images(goods: Sequence[np.ndarray], n_sources: int, rng: np.random.Generator, config: FitConfig,
+                nuisance: bool = True, labelled: Sequence[np.ndarray] = (),
+                labelled_masks: np.ndarray | None = None) -> ValidationImages:
+    """``selection.defects_per_image`` synthetic defects and (with ``nuisance``)
+    ``selection.nuisances_per_image`` nuisance copies of each of the first ``n_sources`` goods."""
     sel = config.selection
-    rng = np.random.default_rng(config.seed + 1)
-    sources = list(goods[: sel.max_images])
+    sources = list(goods[:n_sources])
     made = defect_suite(sources, rng, sel.defects_per_image)
-    nuisance = nuisance_suite(sources, rng, sel.nuisances_per_image) if nuisance else []
+    copies = nuisance_suite(sources, rng, sel.nuisances_per_image) if nuisance else []
+    size = goods[0].shape[0] if len(goods) else config.image_size
     return ValidationImages(
         goods=list(goods),
         defects=[image for _, image, _, _ in made],
-        defect_masks=np.stack([mask for _, _, mask, _ in made]),
+        defect_masks=np.stack([mask for _, _, mask, _ in made]) if made else np.zeros((0, size, size), bool),
         defect_families=[family for _, _, _, family in made],
-        nuisance=[image for _, image, _ in nuisance],
-        nuisance_kinds=[kind for _, _, kind in nuisance],
-        nuisance_sources=[index for index, _, _ in nuisance],
+        defect_sources=[index for index, _, _, _ in made],
+        nuisance=[image for _, image, _ in copies],
+        nuisance_kinds=[kind for _, _, kind in copies],
+        nuisance_sources=[index for index, _, _ in copies],
         labelled=list(labelled),
         labelled_masks=labelled_masks,
     )
 
 
 @torch.inference_mode()
-def score_candidates(inspectors: dict[str, Inspector], images: Sequence[np.ndarray],
-                     batch_size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def score_candidates(inspectors: dict[str, Inspector], images: Sequence[np.ndarray], batch_size: int,
+                     recording: Recording | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Image scores ``[N]`` and final maps ``[N, S, S]`` of ``images`` for every candidate.
 
     The candidates share one feature path: each batch is preprocessed and run through it once
     (the first inspector's own preprocessing), and branch maps are shared between candidates
-    that share a branch module.
+    that share a branch module. A ``recording`` keeps the images' description on the way.
     """
     first = next(iter(inspectors.values()))
     out: dict[str, tuple[list, list]] = {name: ([], []) for name in inspectors}
     for start in range(0, len(images), batch_size):
         x = first.preprocess(images[start : start + batch_size]).to(first.device)
-        inputs, cache = first.branch_inputs(x), {}
+        inputs = first.branch_inputs(x)
+        cache = recording.record(list(inspectors.values()), inputs) if recording is not None else {}
         for name, inspector in inspectors.items():
             final = inspector.combine(inputs, cache=cache)
             out[name][0].append(to_host(image_scores(final, inspector.config.postprocess.image_top_fraction))
@@ -241,11 +281,12 @@ def _valid(config: FitConfig, name: str) -> bool:
     return True
 
 
-def validate(inspectors: dict[str, Inspector], images: ValidationImages, config: FitConfig) -> dict[str, dict]:
+def validate(inspectors: dict[str, Inspector], images: ValidationImages, config: FitConfig,
+             recording: Recording | None = None) -> dict[str, dict]:
     """Every candidate's validation figures (name -> ``figures``), in the order of ``inspectors``,
     each with its own image score (``choose_top_fraction``)."""
     table = {}
-    for name, (_, maps) in score_candidates(inspectors, images.all, config.batch_size).items():
+    for name, (_, maps) in score_candidates(inspectors, images.all, config.batch_size, recording).items():
         fraction, sweep = choose_top_fraction(maps, images, config)
         table[name] = figures(fraction_scores(maps, fraction), maps, images, config)
         if sweep:
@@ -279,10 +320,11 @@ def load_validation_images(goods: Sequence[Path], labelled: Sequence[Path], labe
 
 
 def select_scoring(parts: Parts, config: FitConfig, n_holdout: int, images: Callable[[], ValidationImages],
-                   device: str, watch: Timer) -> tuple[FitConfig, dict]:
+                   device: str, watch: Timer, recording: Recording | None = None) -> tuple[FitConfig, dict]:
     """The config to publish and the manifest's ``fit.selection`` record.
 
-    ``images`` gives the validation images; it is called only when there is a choice to make.
+    ``images`` gives the validation images; it is called only when there is a choice to make,
+    and then the ``recording`` keeps their description (``model.jobs.described``).
     """
     names, record = resolve(config, n_holdout)
     if len(names) <= 1:
@@ -292,7 +334,7 @@ def select_scoring(parts: Parts, config: FitConfig, n_holdout: int, images: Call
     inspectors = {n: parts.variant(config.with_scoring(n), watch).inspector(device) for n in names}
     with watch.stage("validate"):
         made = images()
-        table = validate(inspectors, made, config)
+        table = validate(inspectors, made, config, recording)
     chosen = choose(table, config)
     record.update(chosen=chosen, candidates=table, warning=warning(table[chosen], chosen, config),
                   n_images={"goods": len(made.goods), "defects": len(made.defects),

