@@ -14,7 +14,8 @@ drawn from the test images whose mask is not empty:
 The head is trained and its weight chosen by the product's own ``head_fit.fit_head``, and the
 thresholds come from F1 on the held-out goods plus the shots, capped at the false-alarm-rate
 ones, as ``fit --defects`` sets them (F1 at the uncapped F1 thresholds is recorded beside it).
-The test set is described once through the variant; the maps with and without the head come
+The test set and the fit's validation images of the held-out goods (as the fit's validate stage
+records them) are described once through the variant; the maps with and without the head come
 from the Inspector's own combiner on those branch maps (``tests/test_defect_head.py`` checks
 that the served score equals ``evaluate``'s). K = 0 is scored on the same reduced test set,
 with its false-alarm-rate thresholds. Reported per row: image AUROC, pixel AUROC, AU-PRO, pixel
