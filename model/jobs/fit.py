@@ -168,6 +168,7 @@ def fit_chosen(config: FitConfig, fit_files: Sequence[Path], validation: Validat
                                          scoring, watch)
         variant = with_psg if keep else variant
     variant, head_record = attach_head(variant, images, defects, device, watch, recording)
+    del recording  # the validation images' description, large on big categories: not kept through calibration
     with watch.stage("calibrate"):
         scores, maps = inspect_files(variant.inspector(device), validation.files, progress, "calibrate")
     block = metrics.metric_block(scores, validation.labels, maps, validation.masks) if defects else None
