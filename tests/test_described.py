@@ -67,19 +67,22 @@ def test_the_recording_equals_describing_and_leaves_the_scores_unchanged(parts, 
     watch = Timer(torch.device("cpu"))
     inspectors = {n: fitted.variant(config.with_scoring(n), watch).inspector("cpu")
                   for n in ("product", "product_shift5", "nns")}
-    recording = Recording(fitted.features, fitted.bank)
     plain = score_candidates(inspectors, goods, 3)
-    recorded = score_candidates(inspectors, goods, 3, recording)
     for name in inspectors:
-        assert np.array_equal(plain[name][1], recorded[name][1])
-    for name in ("product", "product_shift5", "nns"):
+        recording = Recording(fitted.features, fitted.bank)
+        recorded = score_candidates(inspectors, goods, 3, recording)
+        assert all(np.array_equal(plain[n][1], recorded[n][1]) for n in inspectors)
         variant = fitted.variant(config.with_scoring(name), watch)
-        cells, fresh = recording.of(variant.features, variant.bank, variant.gaussian), describe(inspectors[name], goods)
+        cells, fresh = recording.take(variant.features, variant.bank, variant.gaussian), describe(inspectors[name], goods)
         for a, b in zip(cells.__dict__.values(), fresh.__dict__.values(), strict=True):
             assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)
+        assert recording.take(variant.features, variant.bank, variant.gaussian) is None  # handed over once
+    recording = Recording(fitted.features, fitted.bank)
+    score_candidates(inspectors, goods, 3, recording)
     other = fitted.variant(config.with_scoring("product_shift2"), watch)  # a Gaussian no candidate had
-    assert recording.of(other.features, other.bank, other.gaussian) is None
-    assert recording.of(fitted.features, None, None) is None
+    assert recording.take(other.features, other.bank, other.gaussian) is None
+    score_candidates(inspectors, goods, 3, recording)
+    assert recording.take(fitted.features, None, None) is None
 
 
 def test_recorded_images_are_not_described_again(parts, goods, monkeypatch):

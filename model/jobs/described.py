@@ -5,7 +5,7 @@ Describing an image costs what inspecting it costs: the feature path, the NNS se
 nearest normal vector) and the Gaussian map. The validate stage already runs the fit's
 validation images (``selection.ValidationImages``) through every scoring candidate's branches,
 so with labelled defects it keeps them (``Recording``), and the head stage takes the chosen
-variant's description from there (``Recording.of``) instead of describing them again. Without
+variant's description from there (``Recording.take``) instead of describing them again. Without
 one (no choice of scoring to make, or a PSG variant chosen, whose features differ) the head
 describes them itself, only those it uses (``Describer``).
 """
@@ -135,14 +135,16 @@ class Recording:
         self._parts.append((inputs["nns"].cpu(), nearest.cpu(), distance.cpu(), maps))
         return cache
 
-    def of(self, features: torch.nn.Module, bank: torch.nn.Module | None,
-           gaussian: torch.nn.Module | None) -> Cells | None:
-        """The recorded images' cells (as good images) under these modules: None when nothing was
-        recorded under them."""
-        if not self._parts or features is not self.features or bank is not self.bank or (
+    def take(self, features: torch.nn.Module, bank: torch.nn.Module | None,
+             gaussian: torch.nn.Module | None) -> Cells | None:
+        """The recorded images' cells (as good images) under these modules, None when nothing was
+        recorded under them. The recording is empty after: its memory goes to the cells."""
+        parts, self._parts = self._parts, []
+        if not parts or features is not self.features or bank is not self.bank or (
                 gaussian is not None and self._gaussians.get(id(gaussian)) is not gaussian):
             return None
-        feats, nearest, distance, maps = zip(*self._parts, strict=True)
+        feats, nearest, distance, maps = zip(*parts, strict=True)
+        del parts
         return _good(torch.cat(feats), torch.cat(nearest), torch.cat(distance),
                      torch.cat([m[id(gaussian)] for m in maps]) if gaussian is not None else None)
 

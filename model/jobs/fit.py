@@ -168,7 +168,6 @@ def fit_chosen(config: FitConfig, fit_files: Sequence[Path], validation: Validat
                                          scoring, watch)
         variant = with_psg if keep else variant
     variant, head_record = attach_head(variant, images, defects, device, watch, recording)
-    del recording  # the validation images' description, large on big categories: not kept through calibration
     with watch.stage("calibrate"):
         scores, maps = inspect_files(variant.inspector(device), validation.files, progress, "calibrate")
     block = metrics.metric_block(scores, validation.labels, maps, validation.masks) if defects else None
@@ -185,7 +184,7 @@ def attach_head(variant: Variant, images: Callable[[], ValidationImages], defect
     if wants_head(config, defects):
         with watch.stage("head"):
             masks = [read_mask(d, config.image_size) if d.mask_path is not None else None for d in defects]
-            recorded = recording.of(variant.features, variant.bank, variant.gaussian) if recording else None
+            recorded = recording.take(variant.features, variant.bank, variant.gaussian) if recording else None
             head, record = fit_head(variant.inspector(device), images(), masks, [d.defect for d in defects],
                                     config, recorded)
         if head is None:  # weight 0: the unsupervised map won, nothing to store or to run
