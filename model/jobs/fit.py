@@ -8,7 +8,8 @@ server uses, then thresholds) and write (atomic publish). With ``psg.enabled="au
 labelled defects, a PSG variant of the chosen scoring is fitted too, and the self-checking
 fit's rule (``model.jobs.selection``) decides which one is published; then, with
 ``head.enabled`` true or "auto", the defect head is trained on them (stage head,
-``model.jobs.head_fit``) before calibration.
+``model.jobs.head_fit``) before calibration, from the validate stage's description of the
+validation images where it has one (``model.jobs.described``).
 
 The CLI calls ``model.jobs.host.keep_freed_memory`` before a fit (a process-wide switch).
 """
