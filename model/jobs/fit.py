@@ -160,7 +160,8 @@ def fit_chosen(config: FitConfig, fit_files: Sequence[Path], validation: Validat
     images = cache(lambda: load_validation_images(validation.files[:n_hold], validation.files[n_hold:],
                                                   labelled_masks, config))
     parts = fit_parts(psg_configs[0], fit_files, device, progress, watch, *branches_needed(psg_configs[0], n_hold))
-    recording = Recording(parts.features, parts.bank) if defects and parts.bank is not None else None
+    heads = bool(defects) and config.head.enabled is not False and parts.bank is not None
+    recording = Recording(parts.features, parts.bank) if heads else None  # the head's, if it is trained
     scoring, selection = select_scoring(parts, psg_configs[0], n_hold, images, device, watch, recording)
     variant, psg_selection = parts.variant(scoring, watch), None
     if len(psg_configs) == 2:
