@@ -276,6 +276,8 @@ def test_the_weight_is_chosen_on_held_out_shots_and_a_zero_weight_stores_no_head
         assert len(row["folds"]) == 2 and all(f["labelled"]["au_pro"] is not None for f in row["folds"])
         assert row["sensitivity"] == pytest.approx(np.mean([f["sensitivity"] for f in row["folds"]]))
     assert record["abnormal_bank"] > 0 and "head" in m["fit"]["seconds"]
+    assert m["fit"]["selection"]["mode"] == "fallback"  # 3 held-out goods: no validate stage to describe them
+    assert record["validation_described_by"] == "this stage"
     stored = "defect_head" in load_artifact(chosen.artifact).tensors
     assert stored == (record["weight"] > 0) == m["config"]["head"]["enabled"]
 
