@@ -183,10 +183,11 @@ def attach_head(variant: Variant, images: Callable[[], ValidationImages], defect
     The ``recording`` of the validate stage, when it holds this variant's description of the
     validation images, spares the head describing them again."""
     config = variant.config
+    # taken in any case: the recording lets its batches go (a scoring without NNS takes nothing)
+    recorded = recording.take(variant.features, variant.bank, variant.gaussian) if recording else None
     if wants_head(config, defects):
         with watch.stage("head"):
             masks = [read_mask(d, config.image_size) if d.mask_path is not None else None for d in defects]
-            recorded = recording.take(variant.features, variant.bank, variant.gaussian) if recording else None
             head, record = fit_head(variant.inspector(device), images(), masks, [d.defect for d in defects],
                                     config, recorded)
         if head is None:  # weight 0: the unsupervised map won, nothing to store or to run
