@@ -73,7 +73,8 @@ def test_the_recording_equals_describing_and_leaves_the_scores_unchanged(parts, 
         recorded = score_candidates(inspectors, goods, 3, recording)
         assert all(np.array_equal(plain[n][1], recorded[n][1]) for n in inspectors)
         variant = fitted.variant(config.with_scoring(name), watch)
-        cells, fresh = recording.take(variant.features, variant.bank, variant.gaussian), describe(inspectors[name], goods)
+        cells = recording.take(variant.features, variant.bank, variant.gaussian)
+        fresh = describe(inspectors[name], goods)
         for a, b in zip(cells.__dict__.values(), fresh.__dict__.values(), strict=True):
             assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)
         assert recording.take(variant.features, variant.bank, variant.gaussian) is None  # handed over once

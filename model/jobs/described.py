@@ -67,8 +67,8 @@ class Cells:
                                tuple(self.features.shape[-2:]))
             maskless = torch.tensor([m is None for m in masks], dtype=torch.float32)
         border = (cover >= BORDER[0]) & (cover < BORDER[1])
-        return replace(self, target=(cover >= BORDER[1]).float(), weight=(~border).float() * (1 - maskless)[:, None, None],
-                       image_label=maskless,
+        return replace(self, target=(cover >= BORDER[1]).float(),
+                       weight=(~border).float() * (1 - maskless)[:, None, None], image_label=maskless,
                        owner=torch.as_tensor(list(owners) if owners is not None else [-1] * n, dtype=torch.long))
 
 

@@ -168,7 +168,8 @@ def folds(shot_types: Sequence[str], n: int) -> list[list[int]]:
 
 
 def fit_head(inspector: Inspector, made: ValidationImages, shot_masks: Sequence[np.ndarray | None],
-             shot_types: Sequence[str], config: FitConfig, recorded: Cells | None = None) -> tuple[DefectHead | None, dict]:
+             shot_types: Sequence[str], config: FitConfig,
+             recorded: Cells | None = None) -> tuple[DefectHead | None, dict]:
     """The head to publish, with its weight (None when the weight chosen is 0: nothing to train or
     store), and the manifest's ``fit.head`` record. ``made``: the fit's validation images, the
     labelled defects among them; ``recorded``: the cells of ``made.all`` from the validate
@@ -191,7 +192,8 @@ def fit_head(inspector: Inspector, made: ValidationImages, shot_masks: Sequence[
               "kept_floor": list(eligible), "chosen": key,
               "folds": [[int(i) for i in f] for f in split],
               "fold_families": [list(fold_families(k)) for k in range(len(split))],
-              "training": None, "validation_described_by": "the validate stage" if recorded is not None else "this stage"}
+              "training": None,
+              "validation_described_by": "the validate stage" if recorded is not None else "this stage"}
     head = None
     if chosen > 0:
         head, record["training"] = train(pool.everything(shots), bank, bank_owner, config, config.head.steps,
