@@ -47,6 +47,17 @@ def test_every_part_of_the_pool_gets_every_family():
     assert roles([None, None]) == ([], [0], [1])  # part C is never empty
 
 
+def test_good_images_are_those_without_any_mask(parts, goods):
+    config, fitted, _ = parts
+    inspector = fitted.variant(config.with_scoring("product"), Timer(torch.device("cpu"))).inspector("cpu")
+    size = config.image_size
+    big, tiny = np.zeros((size, size), bool), np.zeros((size, size), bool)
+    big[8:40, 8:40], tiny[5, 5] = True, True  # tiny: no cell half covered, one border cell
+    cells = describe(inspector, goods[:4], [None, big, tiny, np.zeros((size, size), bool)])
+    assert cells.good_images().tolist() == [False, False, False, True]  # no mask / a defect / a small one / good
+    assert describe(inspector, goods[:2]).good_images().all()
+
+
 def test_a_subset_keeps_its_goods_images_and_says_where_they_are(goods):
     config = tiny_config(**{"selection.max_images": 2})
     made = validation_images(goods, config)

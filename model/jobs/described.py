@@ -51,6 +51,11 @@ class Cells:
         fields = zip(*(p.__dict__.values() for p in parts), strict=True)
         return Cells(*(None if t[0] is None else torch.cat(t) for t in fields))
 
+    def good_images(self) -> torch.Tensor:
+        """``[N]`` bool: the images without any mask, the goods. A defect too small to fill half a
+        cell has no defect cell but border cells; a defect without a mask has no pixel weight."""
+        return (self.target.flatten(1).amax(1) == 0) & (self.weight.flatten(1).amin(1) == 1)
+
     def branch_maps(self) -> list[torch.Tensor]:
         """The branch maps the Inspector's combiner takes, in its order (nns, gaussian)."""
         return [self.distance] + ([self.gaussian] if self.gaussian is not None else [])

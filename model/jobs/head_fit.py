@@ -79,6 +79,7 @@ def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: Fi
     pos_weight = torch.tensor(float(((1 - cells.target) * cells.weight).sum()) / max(positive, 1.0))
     gen = torch.Generator().manual_seed(config.seed)
     maskless = torch.nonzero(cells.image_label > 0).flatten()
+    clean = cells.good_images()
     losses = []
     head.train()
     for _ in range(steps):
@@ -86,6 +87,10 @@ def train(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, config: Fi
         logits = head.net(x[i])  # every member learns the same targets
         target, weight = cells.target[i].unsqueeze(1).expand_as(logits), cells.weight[i].unsqueeze(1).expand_as(logits)
         loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight)
+        good = clean[i]
+        if good.any():  # a good image's most defect-like cell says good too: the level on good parts reads it
+            top = logits[good].flatten(2).amax(2)
+            loss = loss + F.binary_cross_entropy_with_logits(top, torch.zeros_like(top))
         if len(maskless):  # image-level labels: the most defective cell of a defect image
             j = maskless[torch.randint(len(maskless), (1,), generator=gen)]
             top = head.net(x[j]).flatten(2).amax(2)
