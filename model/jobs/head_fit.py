@@ -4,7 +4,8 @@ and the labelled defects (``fit --defects``), and choose its boost weight withou
 Training cells: the goods (negatives), synthetic defects on them (the self-checking fit's
 families, so types the shots do not show are not forgotten), the shots' mask cells (each
 compared with the other shots' abnormal cells only) and goods carrying a pasted shot. A shot
-without a mask trains at image level: its highest cell logit should say defect.
+without a mask trains at image level: its highest cell logit should say defect. A good image's
+highest cell logit should also say good: the level on good parts is read from exactly that.
 
 The weight: ``head.folds``-fold cross-fitting over the shots. For each fold a head is trained
 on the other shots, on part A of the goods and on half of the synthetic families
