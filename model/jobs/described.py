@@ -174,5 +174,8 @@ class Describer:
         fresh = [i for i in index if i not in self.row]
         parts = [self.recorded.take([self.row[i] for i in kept]) if kept else None,
                  describe(self.inspector, [self.images[i] for i in fresh])]
-        order = {i: k for k, i in enumerate(kept + fresh)}
-        return Cells.concat(parts).take([order[i] for i in index]).labelled(masks, owners)
+        cells = Cells.concat(parts) if kept and fresh else next(p for p in parts if p is not None)
+        if kept + fresh != index:  # back to the order asked for (copies: only when mixed out of order)
+            order = {i: k for k, i in enumerate(kept + fresh)}
+            cells = cells.take([order[i] for i in index])
+        return cells.labelled(masks, owners)
