@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
                 uncapped = (best_f1_threshold(cal_scores, cal_labels)[0],
                             best_f1_threshold(cal_maps, cal_masks)[0])  # F1 alone, before the cap
                 row = {"regime": regime, "k": k, "seed": seed, "shots": [str(samples[i].path.name) for i in shots],
-                       "hard_type": hard_type, "weight": record["weight"], "head_seconds": round(head_seconds, 1),
+                       "hard_type": hard_type, "weight": record["weight"], "level": record["level"], "head_seconds": round(head_seconds, 1),
                        "n_scored": int(keep.sum()),
                        "k0": block(base_scores[keep], labels[keep], base_maps[keep], masks[keep], base_thresholds,
                                    types[keep]),
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> dict:
                        "kept_floor": record["kept_floor"],
                        "validation": {w: {m: r[m] for m in FIGURES} for w, r in record["candidates"].items()}}
                 result["rows"].append(row)
-                print(json.dumps({k_: row[k_] for k_ in ("regime", "k", "seed", "weight", "head_seconds")}),
+                print(json.dumps({k_: row[k_] for k_ in ("regime", "k", "seed", "weight", "level", "head_seconds")}),
                       _line("K=0", row["k0"]), _line("head", row["head"]), sep="\n", flush=True)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(result, indent=1))

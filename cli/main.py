@@ -109,7 +109,9 @@ def _print_head(record: dict | None) -> None:
         print("           not eligible, they cost the synthetic families their heads did not train on "
               f"(types no shot shows): {', '.join(dropped)}")
     if record.get("training"):
-        print(f"           boosts only above its level on good parts, p = {record['training']['level']:.3f}")
+        level = record["training"]["level"]
+        print(f"           boosts only above its level on good parts, p = {level:.3f}" if record.get("level") != "none"
+              else f"           boosts by its whole probability (its level on good parts, p = {level:.3f}, is not used)")
     if record.get("note"):
         print(f"           {record['note']}")
 

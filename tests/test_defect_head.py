@@ -18,7 +18,7 @@ from model.jobs.evaluate import evaluate
 from model.jobs.fit import fit
 from model.jobs.described import Cells
 from model.jobs.head_cells import abnormal_bank, input_chunks, paste_defects
-from model.jobs.head_fit import folds
+from model.jobs.head_fit import candidate, candidates, folds
 from model.jobs.selection import ValidationImages
 from model.method.amc import AnomalyMapCombiner
 from model.method.config import FitConfig
@@ -269,8 +269,10 @@ def test_a_small_category_trains_and_pastes_in_proportion_to_its_goods(monkeypat
 def test_the_weight_is_chosen_on_held_out_shots_and_a_zero_weight_stores_no_head(chosen, defects):
     m = json.loads((chosen.artifact / "manifest.json").read_text())
     record = m["fit"]["head"]
-    assert set(record["candidates"]) == {"0.0", "1.0", "2.0", "4.0"} and record["chosen"] in record["candidates"]
-    assert record["weight"] == float(record["chosen"]) and len(record["folds"]) == 2
+    assert list(record["candidates"]) == ["0.0", "1.0", "2.0", "4.0", "1.0/none", "2.0/none", "4.0/none"]
+    assert record["chosen"] in record["candidates"] and len(record["folds"]) == 2
+    weight, level = candidate(record["chosen"])
+    assert record["weight"] == weight and record["level"] == (level if weight > 0 else None)
     assert sorted(i for f in record["folds"] for i in f) == list(range(len(defects)))
     for row in record["candidates"].values():
         assert len(row["folds"]) == 2 and all(f["labelled"]["au_pro"] is not None for f in row["folds"])
@@ -278,8 +280,10 @@ def test_the_weight_is_chosen_on_held_out_shots_and_a_zero_weight_stores_no_head
     assert record["abnormal_bank"] > 0 and "head" in m["fit"]["seconds"]
     assert m["fit"]["selection"]["mode"] == "fallback"  # 3 held-out goods: no validate stage to describe them
     assert record["validation_described_by"] == "this stage"
-    stored = "defect_head" in load_artifact(chosen.artifact).tensors
-    assert stored == (record["weight"] > 0) == m["config"]["head"]["enabled"]
+    tensors = load_artifact(chosen.artifact).tensors
+    assert ("defect_head" in tensors) == (record["weight"] > 0) == m["config"]["head"]["enabled"]
+    if record["weight"] > 0:
+        assert float(tensors["defect_head"]["offset"]) == (0.0 if level == "none" else record["training"]["level"])
 
 
 def test_a_stored_head_carries_its_weight_and_abnormal_bank(with_head):
@@ -402,6 +406,26 @@ def test_a_weight_that_costs_the_synthetic_defects_is_not_eligible():
     config = tiny_config()
     assert list(keep_floor(table, config)) == ["0.0", "1.0"]
     assert list(keep_floor({k: table[k] for k in ("1.0", "2.0")}, config)) == ["1.0", "2.0"]  # no 0: no floor
+
+
+def test_every_weight_is_a_candidate_at_every_level_after_weight_zero():
+    config = tiny_config(**{"head.weights": [0, 2, 1]})
+    assert candidates(config) == ["0.0", "2.0", "1.0", "2.0/none", "1.0/none"]
+    assert [candidate(k) for k in candidates(config)] == [(0.0, "goods"), (2.0, "goods"), (1.0, "goods"),
+                                                          (2.0, "none"), (1.0, "none")]
+    assert candidates(tiny_config(**{"head.weights": [1], "head.levels": ["none"]})) == ["1.0/none"]
+    head = DefectHead(torch.zeros(1, 3), torch.zeros(13), torch.ones(13), torch.eye(13), 2, offset=0.6)
+    p = torch.tensor([0.0, 0.3, 0.8])
+    assert torch.equal(head.excess(p, 0.0), p)  # no level: the whole probability
+    with pytest.raises(ValueError, match="head.levels must be one or more of"):
+        FitConfig().with_overrides({"head.levels": ["median"]})
+
+
+def test_a_head_without_a_level_is_stored_with_level_zero(tiny_data, tmp_path, defects):
+    report = fit(tiny_data, "nolevel", tmp_path, tiny_config(**{"psg.enabled": False, "head.weights": [2.0],
+                                                               "head.levels": ["none"]}), defects=defects)
+    assert report.head["level"] == "none" and report.head["training"]["level"] > 0
+    assert float(load_artifact(report.artifact).tensors["defect_head"]["offset"]) == 0.0
 
 
 def test_a_head_from_an_earlier_build_is_refused_with_a_clear_error():

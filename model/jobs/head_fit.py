@@ -7,26 +7,29 @@ compared with the other shots' abnormal cells only) and goods carrying a pasted 
 without a mask trains at image level: its highest cell logit should say defect. A good image's
 highest cell logit should also say good: the level on good parts is read from exactly that.
 
-The weight: ``head.folds``-fold cross-fitting over the shots. For each fold a head is trained
-on the other shots, on part A of the goods and on half of the synthetic families
+The weight and the level where the boost starts (``head.levels``: the level on good parts, or
+none; ``candidates``): ``head.folds``-fold cross-fitting over the shots. For each fold a head is
+trained on the other shots, on part A of the goods and on half of the synthetic families
 (``FAMILY_SPLIT``, alternating between folds): a cheaper head than the published one
 (``head.fold_members`` networks, ``head.fold_steps`` steps), since it only ranks the weights
 (one network and 100 steps gave the protocol's figures of three and 150: BENCHMARKS.md). Then
-every weight of ``head.weights`` is validated by the self-checking fit's figures and rule
-(``model.jobs.selection``) on the other half of the goods, the synthetic defects of the
-families that head did not train on, nuisance copies, and the fold's shots as the labelled
-defects. The figures are averaged over folds, so every family is scored by a head that never
-saw it: those stand for the defect types no shot shows. A weight must first keep that floor:
-on those synthetic defects, none of image AUROC, pixel AUROC and AU-PRO may fall more than
-``head.floor_margin`` below weight 0's. Weight 0 (the unsupervised map) comes first, so a tie
-keeps the head off. The published head is then trained on all of them, every family
-included. Every image is described once (``head_cells.Pool``), for the folds and the published
-head alike: the fit's validation images, described already by the validate stage when it ran
+every weight of ``head.weights``, at every level, is validated by the self-checking fit's
+figures and rule (``model.jobs.selection``) on the other half of the goods, the synthetic
+defects of the families that head did not train on, nuisance copies, and the fold's shots as
+the labelled defects. The figures are averaged over folds, so every family is scored by a head
+that never saw it: those stand for the defect types no shot shows. A weight must first keep
+that floor: on those synthetic defects, none of image AUROC, pixel AUROC and AU-PRO may fall
+more than ``head.floor_margin`` below weight 0's. Weight 0 (the unsupervised map) comes first,
+then the weights at the level on good parts, so a tie keeps the head off, or silent on good
+parts. The published head is then trained on all of them, every family included. Every image
+is described once (``head_cells.Pool``), for the folds and the published head alike: the fit's
+validation images, described already by the validate stage when it ran
 (``model.jobs.described``), and the pasted goods.
 
 Every head, the folds' and the published one, has its level on good parts (``good_level``) set
-on a part of the goods that no head trains on or is validated on (``Pool.level``): only its
-probability above that level boosts the map, so on all but about 1 % of good parts it is silent.
+on a part of the goods that no head trains on or is validated on (``Pool.level``). At that level
+only its probability above it boosts the map, so on all but about 1 % of good parts it is silent;
+a published head whose chosen level is none is stored with level 0.
 """
 
 from __future__ import annotations
@@ -137,13 +140,15 @@ def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImage
                  config: FitConfig, leave_out: Sequence[str] = ()) -> dict[str, dict]:
     """The validation figures of every weight of ``head.weights`` on ``images`` (described as
     ``cells``), without the synthetic defects of the families ``leave_out``."""
-    p = head(cells.features, cells.nearest, cells.gaussian)
+    p = head.probability_of(cells.features, cells.nearest, cells.gaussian)
     table = {}
-    for w in config.head.weights:
+    for key in candidates(config):
+        w, level = candidate(key)
+        boost = w * head.excess(p, None if level == "goods" else 0.0) if w else None
         maps = to_host(inspector.combiner([m.to(inspector.device) for m in cells.branch_maps()],
-                                          (w * p).to(inspector.device) if w else None))
+                                          boost.to(inspector.device) if w else None))
         scores = fraction_scores(maps, config.postprocess.image_top_fraction)
-        table[str(w)] = figures(scores, maps, images, config, leave_out)
+        table[key] = figures(scores, maps, images, config, leave_out)
     return table
 
 
@@ -154,6 +159,22 @@ def good_level(head: DefectHead, goods: Cells, config: FitConfig) -> float:
     on. Above it the head's probability boosts the map (``DefectHead.excess``)."""
     top = head.probability_of(goods.features, goods.nearest, goods.gaussian).flatten(1).amax(1)
     return float(np.quantile(top.numpy(), 1 - config.calibration.image_false_alarm_rate, method="higher"))
+
+
+def candidates(config: FitConfig) -> list[str]:
+    """The weight table's keys: weight 0 (no boost) first when configured, then every other
+    weight with each of ``head.levels`` in turn (``candidate``), so a tie keeps the earlier."""
+    h = config.head
+    zero = [str(float(w)) for w in h.weights if w == 0][:1]
+    return zero + [str(float(w)) if level == "goods" else f"{float(w)}/{level}"
+                   for level in h.levels for w in h.weights if w > 0]
+
+
+def candidate(key: str) -> tuple[float, str]:
+    """A key of ``candidates`` -> its weight and level: "2.0" boosts above the level on good
+    parts, "2.0/none" by the head's whole probability."""
+    weight, _, level = key.partition("/")
+    return float(weight), level or "goods"
 
 
 def fold_families(k: int) -> tuple[str, ...]:
@@ -193,8 +214,9 @@ def fit_head(inspector: Inspector, made: ValidationImages, shot_masks: Sequence[
                                   config)) if split else {}
     eligible = keep_floor(table, config)
     key = choose(eligible, config) if eligible else None
-    chosen = float(key) if key is not None else (0.0 if choosing else float(config.head.weights[0]))
-    record = {"weight": chosen, "rule": f"{FLOOR_RULE}; then {RULE}", "candidates": table,
+    chosen, level = (candidate(key) if key is not None else
+                     (0.0 if choosing else float(config.head.weights[0]), config.head.levels[0]))
+    record = {"weight": chosen, "level": level if chosen > 0 else None, "rule": f"{FLOOR_RULE}; then {RULE}", "candidates": table,
               "kept_floor": list(eligible), "chosen": key,
               "folds": [[int(i) for i in f] for f in split],
               "fold_families": [list(fold_families(k)) for k in range(len(split))],
@@ -205,12 +227,14 @@ def fit_head(inspector: Inspector, made: ValidationImages, shot_masks: Sequence[
         head, record["training"] = train(pool.everything(shots), bank, bank_owner, config, config.head.steps,
                                          pool.level)
         head.weight.fill_(chosen)
+        if level == "none":
+            head.offset.fill_(0.0)
     if not choosing:
         record["note"] = f"the one configured weight, {chosen:g}, without validation"
     elif not split:
         record["note"] = "one labelled defect: no held-out shot to choose the weight with, so it is 0 (no head)"
     record.update(abnormal_bank=int(bank.shape[0]), seconds=round(time.perf_counter() - start, 3))
-    log.info("defect head: weight %s chosen (of %s)", chosen, list(config.head.weights))
+    log.info("defect head: weight %s, level %s chosen (of %s)", chosen, level, list(table) or list(config.head.weights))
     return head, record
 
 
@@ -239,7 +263,7 @@ def cross_fit(inspector: Inspector, pool: Pool, shots: Cells, shot_images: Seque
 def keep_floor(table: dict[str, dict], config: FitConfig) -> dict[str, dict]:
     """The weights that keep the unsupervised map as the floor for defect types no shot shows
     (``FLOOR_RULE``): their synthetic defects stand for those types."""
-    if not table or float(next(iter(table))) != 0:
+    if not table or candidate(next(iter(table)))[0] != 0:
         return table
     base = next(iter(table.values()))
     margin = config.head.floor_margin

@@ -14,6 +14,7 @@ from typing import Any
 
 AUTO = "auto"
 FIXED = "config"  # scoring: the branch switches exactly as configured
+LEVELS = ("goods", "none")  # head.levels: where the defect head's boost starts
 SCORING_KEYS = frozenset({"nns.enabled", "gaussian.enabled", "gaussian.shift_tolerance"})
 
 # The scorings the self-checking fit chooses from (``scoring="auto"``), as config overrides.
@@ -185,11 +186,12 @@ class HeadConfig:
     (rotated, flipped, moved).
     The abnormal bank keeps at most ``bank_size`` cells (a k-center coreset beyond); the inputs
     are projected on ``components`` principal directions and read by ``members`` networks of
-    ``hidden`` channels whose probabilities are averaged. Only the probability above the head's
-    level on good parts (set on held-out goods that no head trains on) boosts the map.
+    ``hidden`` channels whose probabilities are averaged. The probability above a level boosts
+    the map: the head's level on good parts (set on held-out goods that no head trains on), or
+    none, the whole probability; ``levels`` are validated with every weight.
     The pasted goods and the steps are capped in proportion to the goods (``pasted_per_good``,
     ``epochs``), so the stage's cost follows the fit's on small categories.
-    Its boost ``weight`` is chosen from ``weights`` by the self-checking fit's rule on labelled
+    Its boost ``weight`` and level are chosen from ``weights`` and ``levels`` by the self-checking fit's rule on labelled
     defects it did not train on (``folds``-fold cross-fitting, each fold's head ``fold_members``
     networks trained ``fold_steps`` steps); 0, no boost, comes first so a tie
     keeps the unsupervised map, and a head whose weight is 0 is not stored. A single weight is
@@ -217,6 +219,9 @@ class HeadConfig:
     inside: float = 0.75  # a cell joins the abnormal bank when its mask covers at least this fraction
     bank_size: int = 256  # at most this many abnormal cells (a coreset beyond): the search's cost
     weights: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    # Where the boost starts, validated with every weight above 0: "goods", the level on good parts
+    # (the head is silent on all but about 1 % of them); "none", the head's whole probability.
+    levels: tuple[str, ...] = ("goods", "none")
     folds: int = 2
     # A weight whose figures on the synthetic defects (standing for the types no shot shows) fall
     # more than this below weight 0's is not eligible: the unsupervised map stays their floor.
@@ -266,6 +271,8 @@ class FitConfig:
         if not self.head.weights or min(self.head.weights) < 0 or self.head.folds < 1:
             raise ValueError(f"head.weights must be one or more numbers >= 0 and head.folds >= 1, "
                              f"got {self.head.weights!r} and {self.head.folds!r}")
+        if not self.head.levels or set(self.head.levels) - set(LEVELS):
+            raise ValueError(f"head.levels must be one or more of {LEVELS}, got {self.head.levels!r}")
         sizes = {k: getattr(self.head, k) for k in ("hidden", "members", "components", "bank_size", "steps", "epochs",
                                                     "batch_size", "fold_steps", "fold_members", "pasted_copies")}
         if any(not isinstance(v, int) or v < 1 for v in sizes.values()):

@@ -12,13 +12,15 @@ directions, with defect and normal cells weighted equally) and small convolution
 over the projection (3x3 convolutions dilated 1, 2 and 4 for context), averaged, give a defect
 probability ``p`` per cell.
 
-The boost is the part of ``p`` above the head's **level on good parts** (``offset``: how high
-``p`` reaches on goods the head never trained on), rescaled to [0, 1]: on all but about 1 % of
-good parts the head is silent, so a defect type no shot shows can lose only through those few
-goods that the head lifts. The final map is the unsupervised map boosted by it,
-``final = product x (1 + weight x boost)`` (``model.method.amc``); the fit validates
-``weight`` on labelled defects the head did not train on, and 0 (no boost) is always a
-candidate, so the unsupervised map stays the floor unless the head beats it
+The boost is the part of ``p`` above the head's **level** (``offset``), rescaled to [0, 1]. The
+fit validates two levels (``head.levels``): the level on good parts (how high ``p`` reaches on
+goods the head never trained on), so that on all but about 1 % of good parts the head is silent
+and a defect type no shot shows can lose only through those few goods it lifts; or 0, the whole
+probability, which lets a head that is also confident on defects below that level boost them.
+The final map is the unsupervised map boosted by it, ``final = product x (1 + weight x boost)``
+(``model.method.amc``); the fit validates ``weight`` and level on labelled defects the head did
+not train on, with the synthetic defects of families it did not train on as a floor, and 0 (no
+boost) is always a candidate, so the unsupervised map stays the floor unless the head beats it
 (``model.jobs.head_fit``).
 """
 
@@ -167,9 +169,11 @@ class DefectHead(nn.Module):
         """The members' logits ``[B, members, h, w]`` -> their mean probability ``[B, h, w]``."""
         return torch.sigmoid(logits).mean(1)
 
-    def excess(self, p: torch.Tensor) -> torch.Tensor:
-        """The probability ``p`` above the level on good parts, rescaled to [0, 1]: the boost."""
-        return ((p - self.offset) / (1 - self.offset).clamp_min(1e-6)).clamp(0, 1)
+    def excess(self, p: torch.Tensor, level: float | None = None) -> torch.Tensor:
+        """The probability ``p`` above ``level`` (None: the head's own, ``offset``), rescaled to
+        [0, 1]: the boost."""
+        level = self.offset if level is None else torch.tensor(float(level))
+        return ((p - level) / (1 - level).clamp_min(1e-6)).clamp(0, 1)
 
     def probability_of(self, features: torch.Tensor, normal_nearest: torch.Tensor,
                        gaussian_map: torch.Tensor | None) -> torch.Tensor:
