@@ -192,7 +192,8 @@ def _line(name: str, b: dict) -> str:
 
 
 def table(paths: list[str]) -> str:
-    """Markdown: per category, regime and K, the K = 0 mean, then head - K=0: mean [min, max] over seeds."""
+    """Markdown: per category, regime and K, the K = 0 mean, then head - K=0: mean [min, max] over seeds; the
+    weights chosen, "/none" where the boost is the head's whole probability."""
     lines = ["| category | regime | K | seeds | weight | " + " | ".join(METRICS) + " | head s |",
              "|---|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
     for p in paths:
@@ -206,7 +207,7 @@ def table(paths: list[str]) -> str:
                 d = [r["head"][m] - r["k0"][m] for r in rows if r["head"][m] is not None]
                 k0 = np.mean([r["k0"][m] for r in rows])
                 cells.append(f"{k0:.4f} {np.mean(d):+.4f} [{min(d):+.4f}, {max(d):+.4f}]" if d else "–")
-            weights = ",".join(f"{r['weight']:g}" for r in rows)
+            weights = ",".join(f"{r['weight']:g}" + ("/none" if r.get("level") == "none" else "") for r in rows)
             secs = np.mean([r["head_seconds"] for r in rows])
             lines.append(f"| {res['category']} | {regime} | {k} | {len(rows)} | {weights} | " + " | ".join(cells)
                          + f" | {secs:.0f} |")
