@@ -150,6 +150,7 @@ def test_head_round_trips_through_its_tensors_and_boost_zero_is_the_unsupervised
     maps = [torch.rand(2, 6, 6), torch.rand(2, 12, 12)]
     assert torch.equal(amc(maps, torch.zeros(2, 6, 6)), amc(maps))
     assert torch.all(amc(maps, p) >= amc(maps) - 1e-6)
+    assert torch.equal(amc.boosted(amc(maps), p), amc(maps, p))  # the weight table boosts one plain map
 
 
 def test_the_boost_is_the_probability_above_the_level_on_good_parts(monkeypatch):

@@ -152,6 +152,20 @@ def test_au_pro_matches_brute_force(seed: int, limit: float) -> None:
     assert au_pro(maps, masks, fpr_limit=limit) == pytest.approx(_reference_au_pro(maps, masks, limit), abs=1e-9)
 
 
+@pytest.mark.parametrize("limit", [0.3, 0.05, 0.5])
+@pytest.mark.parametrize("continuous", [False, True])
+def test_a_pro_curve_cut_at_its_limit_is_the_whole_curve_up_to_there(limit: float, continuous: bool) -> None:
+    maps, masks = _blob_data(3)
+    if continuous:
+        maps = maps + np.random.default_rng(3).random(maps.shape).astype(np.float32) * 0.01
+    whole_fpr, whole_pro = pro_curve(maps, masks)
+    fpr, pro = pro_curve(maps, masks, limit)
+    n = len(fpr)
+    assert n < len(whole_fpr) and fpr[-2] <= limit < fpr[-1]  # ends at the first point past the limit
+    # the regions' weights summed in another order among tied scores: equal to rounding
+    assert np.array_equal(fpr, whole_fpr[:n]) and np.allclose(pro, whole_pro[:n], rtol=0, atol=1e-12)
+
+
 def test_au_pro_continuous_scores_match_brute_force() -> None:
     maps, masks = _blob_data(7)
     maps = maps + np.random.default_rng(7).random(maps.shape).astype(np.float32) * 0.01

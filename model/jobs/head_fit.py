@@ -140,13 +140,13 @@ def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImage
                  config: FitConfig, leave_out: Sequence[str] = ()) -> dict[str, dict]:
     """The validation figures of every weight of ``head.weights`` on ``images`` (described as
     ``cells``), without the synthetic defects of the families ``leave_out``."""
-    p = head.probability_of(cells.features, cells.nearest, cells.gaussian)
+    p = head.probability_of(cells.features, cells.nearest, cells.gaussian).to(inspector.device)
+    plain = inspector.combiner([m.to(inspector.device) for m in cells.branch_maps()])  # every candidate boosts it
     table = {}
     for key in candidates(config):
         w, level = candidate(key)
         boost = w * head.excess(p, None if level == "goods" else 0.0) if w else None
-        maps = to_host(inspector.combiner([m.to(inspector.device) for m in cells.branch_maps()],
-                                          boost.to(inspector.device) if w else None))
+        maps = to_host(inspector.combiner.boosted(plain, boost))
         scores = fraction_scores(maps, config.postprocess.image_top_fraction)
         table[key] = figures(scores, maps, images, config, leave_out)
     return table

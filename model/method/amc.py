@@ -66,9 +66,12 @@ class AnomalyMapCombiner(nn.Module):
                 up = self.upsample(m)
                 final = up if final is None else final * up
             final = self.smooth(final)
-        if boost is not None:
-            final = final * (1 + self.upsample_smooth(boost))
-        return final.squeeze(1)
+        return self.boosted(final.squeeze(1), boost)
+
+    def boosted(self, final: torch.Tensor, boost: torch.Tensor | None) -> torch.Tensor:
+        """The final map without a boost ``[B, S, S]`` multiplied by ``1 + boost``, upsampled and
+        smoothed: ``forward``'s last step, for callers that try several boosts on one map."""
+        return final if boost is None else final * (1 + self.upsample_smooth(boost).squeeze(1))
 
     def upsample(self, m: torch.Tensor) -> torch.Tensor:
         """``[B, h, w]`` -> ``[B, 1, S, S]``, bilinear."""

@@ -174,12 +174,14 @@ def region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
     return weights, n_regions
 
 
-def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pro_curve(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Per-region-overlap curve of anomaly ``maps [N, H, W]`` against ground-truth ``masks [N, H, W]``.
 
     Returns ``(fpr [K+1], pro [K+1])`` float64, one point per distinct score (descending,
     pixel positive iff ``score >= t``), preceded by ``(0, 0)``; as the MVTec AD code, values
-    are clipped to 1. Raises ``ValueError`` without defect pixels or without good pixels.
+    are clipped to 1. Below 1, ``fpr_limit`` ends the curve at its first point beyond it:
+    only the pixels scored at least as high are sorted, and every point up to there is the
+    same. Raises ``ValueError`` without defect pixels or without good pixels.
     """
     m, g = _check_maps(maps, masks)
     n_defect = int(np.count_nonzero(g))
@@ -191,7 +193,13 @@ def pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarr
         raise ValueError("anomaly maps contain NaN")
     weights, n_regions = region_weights(g)
     log.debug("pro_curve: %d pixels, %d regions, %d good pixels", s.size, n_regions, n_ok)
-    _, fp, covered = _descending_counts(s, g.ravel(), weights)
+    y = g.ravel()
+    beyond = int(np.floor(fpr_limit * n_ok)) + 1  # good pixels at or above the first point past the limit
+    if beyond < n_ok:
+        good = s[~y]
+        keep = s >= np.partition(good, n_ok - beyond)[n_ok - beyond]  # the beyond-th highest good score
+        s, y, weights = s[keep], y[keep], weights[keep[g.ravel()]]
+    _, fp, covered = _descending_counts(s, y, weights)
     pro = covered / n_regions
     fpr = np.concatenate(([0.0], fp / n_ok))
     pro = np.concatenate(([0.0], np.minimum(pro, 1.0)))
@@ -229,7 +237,7 @@ def au_pro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> float
     if n_defect == 0 or n_defect == g.size:
         log.debug("au_pro undefined: %d defect pixels of %d", n_defect, g.size)
         return None
-    fpr, pro = pro_curve(m, g)
+    fpr, pro = pro_curve(m, g, fpr_limit)
     return trapezoid_limited(fpr, pro, fpr_limit) / fpr_limit
 
 
