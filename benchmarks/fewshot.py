@@ -147,7 +147,8 @@ def run(args: argparse.Namespace) -> dict:
                 uncapped = (best_f1_threshold(cal_scores, cal_labels)[0],
                             best_f1_threshold(cal_maps, cal_masks)[0])  # F1 alone, before the cap
                 row = {"regime": regime, "k": k, "seed": seed, "shots": [str(samples[i].path.name) for i in shots],
-                       "hard_type": hard_type, "weight": record["weight"], "level": record["level"], "head_seconds": round(head_seconds, 1),
+                       "hard_type": hard_type, "weight": record["weight"], "level": record["level"],
+                       "head_seconds": round(head_seconds, 1),
                        "n_scored": int(keep.sum()),
                        "k0": block(base_scores[keep], labels[keep], base_maps[keep], masks[keep], base_thresholds,
                                    types[keep]),

@@ -110,8 +110,9 @@ def _print_head(record: dict | None) -> None:
               f"(types no shot shows): {', '.join(dropped)}")
     if record.get("training"):
         level = record["training"]["level"]
-        print(f"           boosts only above its level on good parts, p = {level:.3f}" if record.get("level") != "none"
-              else f"           boosts by its whole probability (its level on good parts, p = {level:.3f}, is not used)")
+        where = (f"by its whole probability (its level on good parts, p = {level:.3f}, unused)"
+                 if record.get("level") == "none" else f"only above its level on good parts, p = {level:.3f}")
+        print(f"           boosts {where}")
     if record.get("note"):
         print(f"           {record['note']}")
 

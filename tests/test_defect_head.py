@@ -422,6 +422,19 @@ def test_every_weight_is_a_candidate_at_every_level_after_weight_zero():
         FitConfig().with_overrides({"head.levels": ["median"]})
 
 
+def test_the_fit_prints_where_the_boost_starts(capsys):
+    from cli.main import _print_head
+
+    row = {"image_auroc": 0.9, "pixel_auroc": 0.9, "au_pro": 0.8, "sensitivity": 0.9, "nuisance_shift": 0.1}
+    record = {"weight": 2.0, "abnormal_bank": 5, "candidates": {"0.0": row, "2.0/none": row}, "chosen": "2.0/none",
+              "kept_floor": ["0.0", "2.0/none"], "training": {"level": 0.25}}
+    _print_head({**record, "level": "none"})
+    _print_head({**record, "level": "goods", "chosen": "0.0"})
+    out = capsys.readouterr().out
+    assert "by its whole probability (its level on good parts, p = 0.250, unused)" in out
+    assert "only above its level on good parts, p = 0.250" in out and "* 2.0/none" in out
+
+
 def test_a_head_without_a_level_is_stored_with_level_zero(tiny_data, tmp_path, defects):
     report = fit(tiny_data, "nolevel", tmp_path, tiny_config(**{"psg.enabled": False, "head.weights": [2.0],
                                                                "head.levels": ["none"]}), defects=defects)

@@ -138,8 +138,8 @@ def _projection(cells: Cells, bank: torch.Tensor, bank_owner: torch.Tensor, comp
 @torch.inference_mode()
 def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImages, cells: Cells,
                  config: FitConfig, leave_out: Sequence[str] = ()) -> dict[str, dict]:
-    """The validation figures of every weight of ``head.weights`` on ``images`` (described as
-    ``cells``), without the synthetic defects of the families ``leave_out``."""
+    """The validation figures of every candidate weight and level (``candidates``) on ``images``
+    (described as ``cells``), without the synthetic defects of the families ``leave_out``."""
     p = head.probability_of(cells.features, cells.nearest, cells.gaussian).to(inspector.device)
     plain = inspector.combiner([m.to(inspector.device) for m in cells.branch_maps()])  # every candidate boosts it
     table = {}
@@ -216,8 +216,8 @@ def fit_head(inspector: Inspector, made: ValidationImages, shot_masks: Sequence[
     key = choose(eligible, config) if eligible else None
     chosen, level = (candidate(key) if key is not None else
                      (0.0 if choosing else float(config.head.weights[0]), config.head.levels[0]))
-    record = {"weight": chosen, "level": level if chosen > 0 else None, "rule": f"{FLOOR_RULE}; then {RULE}", "candidates": table,
-              "kept_floor": list(eligible), "chosen": key,
+    record = {"weight": chosen, "level": level if chosen > 0 else None, "rule": f"{FLOOR_RULE}; then {RULE}",
+              "candidates": table, "kept_floor": list(eligible), "chosen": key,
               "folds": [[int(i) for i in f] for f in split],
               "fold_families": [list(fold_families(k)) for k in range(len(split))],
               "training": None,

@@ -191,11 +191,12 @@ class HeadConfig:
     none, the whole probability; ``levels`` are validated with every weight.
     The pasted goods and the steps are capped in proportion to the goods (``pasted_per_good``,
     ``epochs``), so the stage's cost follows the fit's on small categories.
-    Its boost ``weight`` and level are chosen from ``weights`` and ``levels`` by the self-checking fit's rule on labelled
-    defects it did not train on (``folds``-fold cross-fitting, each fold's head ``fold_members``
-    networks trained ``fold_steps`` steps); 0, no boost, comes first so a tie
-    keeps the unsupervised map, and a head whose weight is 0 is not stored. A single weight is
-    used as given, without the cross-fitting.
+    Its boost ``weight`` and level are chosen from ``weights`` and ``levels`` by the self-checking
+    fit's rule on labelled defects it did not train on (``folds``-fold cross-fitting, each fold's
+    head ``fold_members`` networks trained ``fold_steps`` steps); 0, no boost, comes first, then
+    the weights at the level on good parts, so a tie keeps the unsupervised map or the quieter
+    head, and a head whose weight is 0 is not stored. A single weight is used as given, at the
+    first of ``levels``, without the cross-fitting.
     """
 
     enabled: bool | str = AUTO
