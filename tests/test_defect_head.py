@@ -329,6 +329,7 @@ def test_served_score_equals_evaluate_with_the_head(with_head, tiny_data, defect
             assert abs(r.json()["score"] - score) <= 1e-4
         detail = client.get("/categories/tiles").json()["manifest"]["defect_head"]
     assert detail["weight"] == inspector.manifest.fit.head["weight"] == 2.0
+    assert detail["level"] == "goods"  # a single weight: the first of head.levels, without validation
     assert detail["shots"]["n"] == len(defects) and len(detail["shots"]["sha256"]) == len(defects)
 
 
