@@ -145,7 +145,7 @@ def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImage
     table = {}
     for key in candidates(config):
         w, level = candidate(key)
-        boost = w * head.excess(p, None if level == "goods" else 0.0) if w else None
+        boost = w * head.excess(p, boost_start(head, level)) if w else None
         maps = to_host(inspector.combiner.boosted(plain, boost))
         scores = fraction_scores(maps, config.postprocess.image_top_fraction)
         table[key] = figures(scores, maps, images, config, leave_out)
@@ -175,6 +175,12 @@ def candidate(key: str) -> tuple[float, str]:
     parts, "2.0/none" by the head's whole probability."""
     weight, _, level = key.partition("/")
     return float(weight), level or "goods"
+
+
+def boost_start(head: DefectHead, level: str) -> float:
+    """Where a candidate's boost starts (``DefectHead.excess``): the head's level on good parts
+    ("goods"), or 0 ("none")."""
+    return float(head.offset) if level == "goods" else 0.0
 
 
 def fold_families(k: int) -> tuple[str, ...]:
@@ -227,8 +233,7 @@ def fit_head(inspector: Inspector, made: ValidationImages, shot_masks: Sequence[
         head, record["training"] = train(pool.everything(shots), bank, bank_owner, config, config.head.steps,
                                          pool.level)
         head.weight.fill_(chosen)
-        if level == "none":
-            head.offset.fill_(0.0)
+        head.offset.fill_(boost_start(head, level))
     if not choosing:
         record["note"] = f"the one configured weight, {chosen:g}, without validation"
     elif not split:

@@ -222,7 +222,7 @@ class HeadConfig:
     weights: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     # Where the boost starts, validated with every weight above 0: "goods", the level on good parts
     # (the head is silent on all but about 1 % of them); "none", the head's whole probability.
-    levels: tuple[str, ...] = ("goods", "none")
+    levels: tuple[str, ...] = LEVELS
     folds: int = 2
     # A weight whose figures on the synthetic defects (standing for the types no shot shows) fall
     # more than this below weight 0's is not eligible: the unsupervised map stays their floor.

@@ -196,9 +196,8 @@ def pro_curve(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 1.0) -> tu
     y = g.ravel()
     beyond = int(np.floor(fpr_limit * n_ok)) + 1  # good pixels at or above the first point past the limit
     if beyond < n_ok:
-        good = s[~y]
-        keep = s >= np.partition(good, n_ok - beyond)[n_ok - beyond]  # the beyond-th highest good score
-        s, y, weights = s[keep], y[keep], weights[keep[g.ravel()]]
+        keep = s >= np.partition(s[~y], n_ok - beyond)[n_ok - beyond]  # the beyond-th highest good score
+        s, y, weights = s[keep], y[keep], weights[keep[y]]
     _, fp, covered = _descending_counts(s, y, weights)
     pro = covered / n_regions
     fpr = np.concatenate(([0.0], fp / n_ok))
