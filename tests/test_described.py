@@ -73,6 +73,16 @@ def test_a_subset_keeps_its_goods_images_and_says_where_they_are(goods):
     assert every.subset([3, 1], nuisance=False)[0].nuisance == []
 
 
+def test_spans_say_where_each_kind_of_image_is_in_all(goods):
+    config = tiny_config(**{"selection.max_images": 2})
+    made = validation_images(goods[:3], config, labelled=goods[3:5])
+    kinds = (made.goods, made.defects, made.nuisance, made.labelled)
+    spans = made.spans()
+    assert [len(s) for s in spans] == [len(k) for k in kinds] and spans[-1].stop == len(made.all)
+    for span, images in zip(spans, kinds, strict=True):
+        assert all(made.all[i] is image for i, image in zip(span, images, strict=True))
+
+
 def test_the_recording_equals_describing_and_leaves_the_scores_unchanged(parts, goods):
     config, fitted, _ = parts
     watch = Timer(torch.device("cpu"))

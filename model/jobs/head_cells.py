@@ -151,9 +151,8 @@ def completed(inspector: Inspector, made: ValidationImages, recorded: Cells | No
     extra = made_images(made.goods[first:], len(made.goods) - first, np.random.default_rng(config.seed + 3),
                         config, nuisance)
     every = made.extended(extra, first)
-    n, n_def, n_nui, x_def = len(made.goods), len(made.defects), len(made.nuisance), len(extra.defects)
-    at = [*range(n + n_def), *range(n + n_def + x_def, n + n_def + x_def + n_nui),
-          *range(len(every.all) - len(made.labelled), len(every.all))]  # made.all's images in every.all
+    goods, defects, copies, labelled = every.spans()  # made.all's images in every.all: extra's come after
+    at = [*goods, *defects[:len(made.defects)], *copies[:len(made.nuisance)], *labelled]
     return every, Describer(inspector, every.all, recorded, at).cells
 
 

@@ -213,7 +213,7 @@ def fit_head(inspector: Inspector, made: ValidationImages, shot_masks: Sequence[
     split = folds(shot_types, config.head.folds) if choosing and config.head.folds > 1 and n_shots > 1 else []
     trains = bool(split) or not choosing  # else the weight is 0 without training a head
     every, cells = completed(inspector, made, recorded, config, nuisance=bool(split), extend=trains)
-    shots = cells(range(len(every.all) - n_shots, len(every.all)), shot_masks, range(n_shots))
+    shots = cells(every.spans()[3], shot_masks, range(n_shots))
     bank, bank_owner = abnormal_bank(shots, shot_masks, config.head.inside, config.head.bank_size)
     pool = describe_pool(inspector, every, cells, shot_masks, config, bool(split)) if trains else None
     table = _mean_table(cross_fit(inspector, pool, shots, made.labelled, shot_masks, bank, bank_owner, split,

@@ -89,6 +89,11 @@ class ValidationImages:
     def all(self) -> list[np.ndarray]:
         return [*self.goods, *self.defects, *self.nuisance, *self.labelled]
 
+    def spans(self) -> tuple[range, range, range, range]:
+        """Where the goods, synthetic defects, nuisance copies and labelled defects are in ``all``."""
+        ends = np.cumsum([len(self.goods), len(self.defects), len(self.nuisance), len(self.labelled)]).tolist()
+        return tuple(range(a, b) for a, b in zip([0, *ends[:-1]], ends, strict=True))
+
     def extended(self, other: ValidationImages, first: int) -> ValidationImages:
         """These images with ``other``'s synthetic defects and nuisance copies added, whose
         sources are the goods from ``first`` on (``other.goods`` is ``goods[first:]``)."""
@@ -105,7 +110,7 @@ class ValidationImages:
         ``nuisance``) nuisance copies, without the labelled defects; and where its goods,
         defects and nuisance copies are in ``self.all``."""
         at = {g: i for i, g in enumerate(goods)}
-        n, n_def = len(self.goods), len(self.defects)
+        _, in_defects, in_nuisance, _ = self.spans()
         defects = [k for k, s in enumerate(self.defect_sources) if s in at]
         copies = [k for k, s in enumerate(self.nuisance_sources) if s in at] if nuisance else []
         images = ValidationImages(
@@ -114,7 +119,7 @@ class ValidationImages:
             defect_sources=[at[self.defect_sources[k]] for k in defects],
             nuisance=[self.nuisance[k] for k in copies], nuisance_kinds=[self.nuisance_kinds[k] for k in copies],
             nuisance_sources=[at[self.nuisance_sources[k]] for k in copies])
-        return images, [list(goods), [n + k for k in defects], [n + n_def + k for k in copies]]
+        return images, [list(goods), [in_defects[k] for k in defects], [in_nuisance[k] for k in copies]]
 
 
 def validation_images(goods: Sequence[np.ndarray], config: FitConfig, labelled: Sequence[np.ndarray] = (),
@@ -177,12 +182,12 @@ def figures(scores: np.ndarray, maps: np.ndarray, images: ValidationImages, conf
     """One candidate's validation figures from its scores and maps of ``images.all`` (in order);
     the synthetic defects of the families ``leave_out`` do not count; without ``pixels`` the
     sensitivity is the image AUROC alone."""
-    n_good, n_def, n_nui = len(images.goods), len(images.defects), len(images.nuisance)
-    good = np.arange(n_good)
-    defect = n_good + np.flatnonzero([f not in leave_out for f in images.defect_families])
-    nuisance, labelled = slice(n_good + n_def, n_good + n_def + n_nui), slice(n_good + n_def + n_nui, None)
+    goods, defects, copies, real = images.spans()
+    good = np.asarray(goods)
+    defect = np.asarray(defects)[[f not in leave_out for f in images.defect_families]]
+    nuisance, labelled = slice(copies.start, copies.stop), slice(real.start, real.stop)
     threshold = far_threshold(scores[good], config.calibration.image_false_alarm_rate)
-    synthetic = _against_goods(scores, maps, good, defect, images.defect_masks[defect - n_good] if pixels else None)
+    synthetic = _against_goods(scores, maps, good, defect, images.defect_masks[defect - defects.start] if pixels else None)
     flagged = scores[nuisance] > threshold
     moved = nuisance_shift(scores[good], scores[nuisance], images.nuisance_sources, threshold)
     kinds = {k: [i for i, kk in enumerate(images.nuisance_kinds) if kk == k] for k in dict.fromkeys(images.nuisance_kinds)}
