@@ -20,6 +20,11 @@ from the Inspector's own combiner on those branch maps (``tests/test_defect_head
 that the served score equals ``evaluate``'s). K = 0 is scored on the same reduced test set,
 with its false-alarm-rate thresholds. Reported per row: image AUROC, pixel AUROC, AU-PRO, pixel
 AP, image F1 and pixel F1 at the row's own thresholds, AU-PRO per type, and the head's time.
+
+With ``--ceiling`` every row also scores each candidate of the weight table (every weight and
+level) on the test set itself, with a head trained by the product's recipe at one weight (no
+validation): the best of them is what a perfect choice of weight and level could reach with
+that head, a ceiling for the validation, never a result (``--table`` prints it apart).
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ from cli.main import parse_pairs  # noqa: E402
 from model.jobs.dataset import list_test_set, read_mask  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
 from model.jobs.described import Cells, describe  # noqa: E402
-from model.jobs.head_fit import FIGURES, fit_head  # noqa: E402
+from model.jobs.head_fit import FIGURES, boost_start, candidate, candidates, fit_head  # noqa: E402
 from model.jobs.host import keep_freed_memory  # noqa: E402
 from model.jobs.selection import validation_images  # noqa: E402
 from model.method.amc import image_scores  # noqa: E402
@@ -78,6 +83,26 @@ def block(scores, labels, maps, masks, thresholds, types) -> dict:
     row["au_pro_by_type"] = {t: metrics.au_pro(maps[good | (types == t)], masks[good | (types == t)])
                              for t in sorted(set(types) - {"good"})}
     return row
+
+
+def ceiling(inspector: Inspector, made, made_cells: Cells, test: Cells, images: list[np.ndarray],
+            masks: np.ndarray, types: np.ndarray, labels: np.ndarray, shots: list[int], keep: np.ndarray,
+            config: FitConfig) -> dict[str, dict]:
+    """Image AUROC, pixel AUROC and AU-PRO of every candidate (``head_fit.candidates``) on the
+    scored test images ``keep``, with one head trained on the ``shots`` at a single weight (no
+    validation), then given each candidate's weight and boost start in turn."""
+    head, _ = fit_head(inspector, replace(made, labelled=[images[i] for i in shots]), [masks[i] for i in shots],
+                       [str(types[i]) for i in shots], config.with_overrides({"head.weights": [1.0]}),
+                       Cells.concat([made_cells, test.take(shots)]))
+    starts = {level: boost_start(head, level) for level in config.head.levels}
+    cells, out = test.take(np.flatnonzero(keep)), {}
+    for key in candidates(config):
+        weight, level = candidate(key)
+        head.weight.fill_(weight)
+        head.offset.fill_(starts[level])
+        maps = final_maps(inspector, cells, head)
+        out[key] = metrics.metric_block(scores_of(maps, inspector), labels[keep], maps, masks[keep])
+    return out
 
 
 def draw(types: np.ndarray, nonempty: np.ndarray, regime: str, k: int, seed: int) -> tuple[list[int], str | None]:
@@ -158,6 +183,11 @@ def run(args: argparse.Namespace) -> dict:
                        "thresholds": thresholds.to_dict(),
                        "kept_floor": record["kept_floor"],
                        "validation": {w: {m: r[m] for m in FIGURES} for w, r in record["candidates"].items()}}
+                if args.ceiling:
+                    row["ceiling"] = ceiling(inspector, made, made_cells, test, images, masks, types, labels, shots,
+                                             keep, cfg)
+                    print("  ceiling " + " ".join(f"{key}: {r['image_auroc']:.4f}/{r['au_pro']:.4f}"
+                                                  for key, r in row["ceiling"].items()), flush=True)
                 result["rows"].append(row)
                 print(json.dumps({k_: row[k_] for k_ in ("regime", "k", "seed", "weight", "level", "head_seconds")}),
                       _line("K=0", row["k0"]), _line("head", row["head"]), sep="\n", flush=True)
@@ -212,7 +242,30 @@ def table(paths: list[str]) -> str:
             secs = np.mean([r["head_seconds"] for r in rows])
             lines.append(f"| {res['category']} | {regime} | {k} | {len(rows)} | {weights} | " + " | ".join(cells)
                          + f" | {secs:.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines + ceiling_table(paths))
+
+
+def ceiling_table(paths: list[str]) -> list[str]:
+    """Markdown, for the rows run with ``--ceiling``: per metric, the best candidate on the test
+    set less K = 0, mean [min, max] over seeds, then the candidates that were best per seed."""
+    lines = []
+    for p in paths:
+        res = json.loads(Path(p).read_text())
+        groups: dict[tuple, list] = {}
+        for r in res["rows"]:
+            if "ceiling" in r:
+                groups.setdefault((r["regime"], r["k"]), []).append(r)
+        for (regime, k), rows in groups.items():
+            cells = []
+            for m in ("image_auroc", "au_pro"):
+                best = [max(r["ceiling"], key=lambda key, r=r: r["ceiling"][key][m]) for r in rows]
+                d = [r["ceiling"][b][m] - r["k0"][m] for r, b in zip(rows, best, strict=True)]
+                cells.append(f"{np.mean(d):+.4f} [{min(d):+.4f}, {max(d):+.4f}] ({', '.join(best)})")
+            lines.append(f"| {res['category']} | {regime} | {k} | {len(rows)} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return ["", "Ceiling (the best candidate on the test set itself, less K = 0; not a result):", "",
+            "| category | regime | K | seeds | image_auroc | au_pro |", "|---|---|---|---|---|---|", *lines]
 
 
 def main() -> None:
@@ -225,6 +278,7 @@ def main() -> None:
     p.add_argument("--regimes", default="general,hard")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", action="append", default=[], help="a config override, KEY=JSON, e.g. head.weights=[1] (one weight: no validation)")
+    p.add_argument("--ceiling", action="store_true", help="also score every weight and level on the test set")
     p.add_argument("--table", nargs="*")
     args = p.parse_args()
     print(table(args.table) if args.table else json.dumps(run(args)["rows"][-1:], indent=1)[:2000])
