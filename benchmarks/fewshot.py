@@ -222,26 +222,32 @@ def _line(name: str, b: dict) -> str:
     return f"  {name:5s} " + " ".join(f"{m}={b[m]:.4f}" for m in METRICS if b[m] is not None)
 
 
+def _groups(paths: list[str], wanted=lambda row: True):
+    """The rows of the result files ``paths`` that are ``wanted``, as (category, regime, K, rows)."""
+    for p in paths:
+        res = json.loads(Path(p).read_text())
+        groups: dict[tuple, list] = {}
+        for r in filter(wanted, res["rows"]):
+            groups.setdefault((r["regime"], r["k"]), []).append(r)
+        for (regime, k), rows in groups.items():
+            yield res["category"], regime, k, rows
+
+
 def table(paths: list[str]) -> str:
     """Markdown: per category, regime and K, the K = 0 mean, then head - K=0: mean [min, max] over seeds; the
     weights chosen, "/none" where the boost is the head's whole probability."""
     lines = ["| category | regime | K | seeds | weight | " + " | ".join(METRICS) + " | head s |",
              "|---|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
-    for p in paths:
-        res = json.loads(Path(p).read_text())
-        groups: dict[tuple, list] = {}
-        for r in res["rows"]:
-            groups.setdefault((r["regime"], r["k"]), []).append(r)
-        for (regime, k), rows in groups.items():
-            cells = []
-            for m in METRICS:
-                d = [r["head"][m] - r["k0"][m] for r in rows if r["head"][m] is not None]
-                k0 = np.mean([r["k0"][m] for r in rows])
-                cells.append(f"{k0:.4f} {np.mean(d):+.4f} [{min(d):+.4f}, {max(d):+.4f}]" if d else "–")
-            weights = ",".join(f"{r['weight']:g}" + ("/none" if r.get("level") == "none" else "") for r in rows)
-            secs = np.mean([r["head_seconds"] for r in rows])
-            lines.append(f"| {res['category']} | {regime} | {k} | {len(rows)} | {weights} | " + " | ".join(cells)
-                         + f" | {secs:.0f} |")
+    for category, regime, k, rows in _groups(paths):
+        cells = []
+        for m in METRICS:
+            d = [r["head"][m] - r["k0"][m] for r in rows if r["head"][m] is not None]
+            k0 = np.mean([r["k0"][m] for r in rows])
+            cells.append(f"{k0:.4f} {np.mean(d):+.4f} [{min(d):+.4f}, {max(d):+.4f}]" if d else "–")
+        weights = ",".join(f"{r['weight']:g}" + ("/none" if r.get("level") == "none" else "") for r in rows)
+        secs = np.mean([r["head_seconds"] for r in rows])
+        lines.append(f"| {category} | {regime} | {k} | {len(rows)} | {weights} | " + " | ".join(cells)
+                     + f" | {secs:.0f} |")
     return "\n".join(lines + ceiling_table(paths))
 
 
@@ -249,19 +255,13 @@ def ceiling_table(paths: list[str]) -> list[str]:
     """Markdown, for the rows run with ``--ceiling``: per metric, the best candidate on the test
     set less K = 0, mean [min, max] over seeds, then the candidates that were best per seed."""
     lines = []
-    for p in paths:
-        res = json.loads(Path(p).read_text())
-        groups: dict[tuple, list] = {}
-        for r in res["rows"]:
-            if "ceiling" in r:
-                groups.setdefault((r["regime"], r["k"]), []).append(r)
-        for (regime, k), rows in groups.items():
-            cells = []
-            for m in ("image_auroc", "au_pro"):
-                best = [max(r["ceiling"], key=lambda key, r=r: r["ceiling"][key][m]) for r in rows]
-                d = [r["ceiling"][b][m] - r["k0"][m] for r, b in zip(rows, best, strict=True)]
-                cells.append(f"{np.mean(d):+.4f} [{min(d):+.4f}, {max(d):+.4f}] ({', '.join(best)})")
-            lines.append(f"| {res['category']} | {regime} | {k} | {len(rows)} | " + " | ".join(cells) + " |")
+    for category, regime, k, rows in _groups(paths, lambda r: "ceiling" in r):
+        cells = []
+        for m in ("image_auroc", "au_pro"):
+            best = [max(r["ceiling"], key=lambda key, r=r: r["ceiling"][key][m]) for r in rows]
+            d = [r["ceiling"][b][m] - r["k0"][m] for r, b in zip(rows, best, strict=True)]
+            cells.append(f"{np.mean(d):+.4f} [{min(d):+.4f}, {max(d):+.4f}] ({', '.join(best)})")
+        lines.append(f"| {category} | {regime} | {k} | {len(rows)} | " + " | ".join(cells) + " |")
     if not lines:
         return []
     return ["", "Ceiling (the best candidate on the test set itself, less K = 0; not a result):", "",
