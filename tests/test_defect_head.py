@@ -401,13 +401,42 @@ def test_onnx_runtime_scores_equal_torch_with_the_head(with_head, tiny_data):
 def test_a_weight_that_costs_the_synthetic_defects_is_not_eligible():
     from model.jobs.head_fit import keep_floor
 
-    def row(image, pixel, pro, sens):
-        return {"image_auroc": image, "pixel_auroc": pixel, "au_pro": pro, "sensitivity": sens, "nuisance_shift": 0.0}
+    def row(image, pixel, pro, sens, blind=0.9):
+        return {"image_auroc": image, "pixel_auroc": pixel, "au_pro": pro, "blind_image_auroc": blind,
+                "sensitivity": sens, "nuisance_shift": 0.0}
 
-    table = {"0.0": row(0.90, 0.90, 0.80, 0.80), "1.0": row(0.897, 0.95, 0.85, 0.85), "2.0": row(0.89, 0.96, 0.86, 0.9)}
+    table = {"0.0": row(0.90, 0.90, 0.80, 0.80), "1.0": row(0.897, 0.95, 0.85, 0.85), "2.0": row(0.89, 0.96, 0.86, 0.9),
+             "4.0": row(0.95, 0.97, 0.9, 0.95, blind=0.88)}  # better on every synthetic defect, but not blind
     config = tiny_config()
     assert list(keep_floor(table, config)) == ["0.0", "1.0"]
     assert list(keep_floor({k: table[k] for k in ("1.0", "2.0")}, config)) == ["1.0", "2.0"]  # no 0: no floor
+
+
+def test_the_blind_floor_sees_a_head_that_lifts_the_goods():
+    from types import SimpleNamespace
+
+    from model.jobs.head_fit import keep_floor, weight_table
+
+    size, n = 16, 4
+    plain = torch.ones(2 * n + 1, size, size)  # goods, synthetic defects, a nuisance copy of the first good
+    masks = np.zeros((n, size, size), bool)
+    masks[:, 4:8, 4:8] = True
+    plain[n:-1][torch.from_numpy(masks)] = 2.0  # the defects score 2, the goods 1: image AUROC 1 without a head
+    p = torch.zeros(2 * n + 1, size, size)
+    p[:n, 12:, 12:] = 1.0  # the head fires on a corner of every good part ...
+    p[n:-1][torch.from_numpy(masks)] = 1.0  # ... and recognises every synthetic defect
+    head = DefectHead(torch.zeros(1, 3), torch.zeros(13), torch.ones(13), torch.eye(13), 2)
+    head.probability_of = lambda *_: p
+    images = ValidationImages([np.zeros((size, size, 3), np.uint8)] * n, [np.zeros((size, size, 3), np.uint8)] * n,
+                              masks, ["cutpaste"] * n, list(range(n)), [np.zeros((size, size, 3), np.uint8)],
+                              ["blur"], [0])
+    cells = SimpleNamespace(features=None, nearest=None, gaussian=None, branch_maps=lambda: [plain])
+    inspector = SimpleNamespace(device="cpu", combiner=AnomalyMapCombiner(size, 0.0))
+    config = tiny_config(**{"head.weights": [0, 4], "head.levels": ["goods"], "postprocess.top_fraction": 0.0})
+    table = weight_table(inspector, head, images, cells, config)
+    assert table["0.0"]["image_auroc"] == table["4.0"]["image_auroc"] == 1.0  # the defects are boosted too: 8 > 5
+    assert table["0.0"]["blind_image_auroc"] == 1.0 and table["4.0"]["blind_image_auroc"] == 0.0  # blind: 2 < 5
+    assert list(keep_floor(table, config)) == ["0.0"]
 
 
 def test_every_weight_is_a_candidate_at_every_level_after_weight_zero():

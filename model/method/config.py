@@ -224,8 +224,9 @@ class HeadConfig:
     # (the head is silent on all but about 1 % of them); "none", the head's whole probability.
     levels: tuple[str, ...] = LEVELS
     folds: int = 2
-    # A weight whose figures on the synthetic defects (standing for the types no shot shows) fall
-    # more than this below weight 0's is not eligible: the unsupervised map stays their floor.
+    # A weight whose figures on the synthetic defects (standing for the types no shot shows), or
+    # their image AUROC unboosted against the boosted goods (a type the head does not recognise),
+    # fall more than this below weight 0's is not eligible: the unsupervised map stays their floor.
     floor_margin: float = 0.005
 
 
