@@ -44,6 +44,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from statistics import NormalDist
 
 import numpy as np
 import torch
@@ -170,11 +171,19 @@ def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImage
 
 @torch.inference_mode()
 def good_level(head: DefectHead, goods: Cells, config: FitConfig) -> float:
-    """The head's level on good parts: the ``1 - calibration.image_false_alarm_rate`` quantile
-    (the higher value) of its highest probability on each of ``goods``, which it never trained
-    on. Above it the head's probability boosts the map (``DefectHead.excess``)."""
-    top = head.probability_of(goods.features, goods.nearest, goods.gaussian).flatten(1).amax(1)
-    return float(np.quantile(top.numpy(), 1 - config.calibration.image_false_alarm_rate, method="higher"))
+    """The head's level on good parts: the ``1 - calibration.image_false_alarm_rate`` quantile of
+    its highest probability on each of ``goods``, which it never trained on; the higher of the
+    empirical one (the higher value) and that of a normal fit to their logits. On the few goods a
+    small category sets it on, the empirical quantile is their maximum, which about one new good
+    part in ``len(goods) + 1`` exceeds; the fit extrapolates. Above the level the head's
+    probability boosts the map (``DefectHead.excess``)."""
+    top = head.probability_of(goods.features, goods.nearest, goods.gaussian).flatten(1).amax(1).double()
+    q = 1 - config.calibration.image_false_alarm_rate
+    empirical = float(np.quantile(top.numpy(), q, method="higher"))
+    if len(top) < 2:
+        return empirical
+    logit = torch.logit(top, eps=1e-6)
+    return max(empirical, float(torch.sigmoid(logit.mean() + NormalDist().inv_cdf(q) * logit.std())))
 
 
 def candidates(config: FitConfig) -> list[str]:
