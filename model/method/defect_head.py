@@ -20,8 +20,8 @@ probability, which lets a head that is also confident on defects below that leve
 The final map is the unsupervised map boosted by it, ``final = product x (1 + weight x boost)``
 (``model.method.amc``); the fit validates ``weight`` and level on labelled defects the head did
 not train on, with the synthetic defects of families it did not train on as a floor (and the
-image AUROC they would keep were the head blind to them), and 0 (no
-boost) is always a candidate, so the unsupervised map stays the floor unless the head beats it
+image AUROC they would keep were the head blind to them), and 0 (no boost) is always a
+candidate, so the unsupervised map stays the floor unless the head beats it
 (``model.jobs.head_fit``).
 """
 
