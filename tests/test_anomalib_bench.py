@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from model.jobs.dataset import list_test_set
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "anomalib_side_by_side.py"
+from tests.conftest import benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("anomalib_side_by_side", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("anomalib_side_by_side")
 
 
 def _row(fit_s: float, p50: float) -> dict:

@@ -3,7 +3,6 @@ leaving the fit's defects out."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -25,7 +24,7 @@ from model.runtime.inspector import Inspector
 from service.app import create_app
 from cli.main import main as cli_main
 from service.settings import Settings
-from tests.conftest import REPO, config_args, tiny_config
+from tests.conftest import benchmark_script, config_args, tiny_config
 
 QUICK = {"psg.max_steps": 3, "psg.batch_size": 4}
 
@@ -182,9 +181,7 @@ def test_cli_fit_with_defects_reports_the_choice(tiny_data, tmp_path, capsys):
 
 
 def test_ablation_draws_the_same_defects_per_type_for_every_row(tiny_data):
-    spec = importlib.util.spec_from_file_location("ablation", REPO / "benchmarks" / "ablation.py")
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    ablation = benchmark_script("ablation")
     drawn = ablation.draw_defects(str(tiny_data), 2, seed=0)
     types = {d.defect for d in list_defects(tiny_data)}
     assert len(drawn) == 2 * len(types) and len({d.path for d in drawn}) == len(drawn)
