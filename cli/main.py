@@ -106,8 +106,8 @@ def _print_head(record: dict | None) -> None:
     _print_table(record)
     dropped = [w for w in record["candidates"] if w not in record.get("kept_floor", record["candidates"])]
     if dropped:
-        print("           not eligible, they cost the synthetic families their heads did not train on "
-              f"(types no shot shows): {', '.join(dropped)}")
+        print("           not eligible, they cost the synthetic families their heads did not train on, or "
+              f"a type the head does not recognise (types no shot shows): {', '.join(dropped)}")
     if record.get("training"):
         level = record["training"]["level"]
         where = (f"by its whole probability (its level on good parts, p = {level:.3f}, unused)"

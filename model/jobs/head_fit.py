@@ -24,12 +24,11 @@ defect, unboosted, against the boosted goods (``blind_image_auroc``): a type the
 recognise at all gains nothing, while the boost still lifts the goods wherever the head fires on
 them, which is how a head costs unseen types (BENCHMARKS.md, the eighth round: a head trained on
 one type of rotated tiles lost 0.009 image AUROC on the others while every synthetic figure
-rose). Weight 0 (the unsupervised map) comes first,
-then the weights at the level on good parts, so a tie keeps the head off, or silent on good
-parts. The published head is then trained on all of them, every family included. Every image
-is described once (``head_cells.Pool``), for the folds and the published head alike: the fit's
-validation images, described already by the validate stage when it ran
-(``model.jobs.described``), and the pasted goods.
+rose). Weight 0 (the unsupervised map) comes first, then the weights at the level on good
+parts, so a tie keeps the head off, or silent on good parts. The published head is then trained
+on all of them, every family included. Every image is described once (``head_cells.Pool``), for
+the folds and the published head alike: the fit's validation images, described already by the
+validate stage when it ran (``model.jobs.described``), and the pasted goods.
 
 Every head, the folds' and the published one, has its level on good parts (``good_level``) set
 on a part of the goods that no head trains on or is validated on (``Pool.level``). At that level
