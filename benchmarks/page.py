@@ -34,6 +34,7 @@ import sys
 import time
 import tracemalloc
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from model.serving import decode_image  # noqa: E402
 from service.recent import RecentInspections  # noqa: E402
+from service.recent_entry import RecentEntry  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.browser import chromium  # noqa: E402
 from tests.conftest import SHARED_DATA, bottle_config, bottle_subset  # noqa: E402
@@ -49,7 +51,7 @@ from tests.servers import running_server  # noqa: E402
 
 BOTTLE = SHARED_DATA / "mvtec_ad" / "bottle"
 MARK = "factory-inspect:categories-listed"
-RECENT_SOURCE = str(REPO / "service" / "recent.py")
+RECENT_SOURCES = [str(REPO / "service" / name) for name in ("recent.py", "recent_entry.py")]
 TRACE_FRAMES = 16  # enough to see service/recent.py under cv2 and the dataclass machinery
 TIMING = f"""() => {{
     const nav = performance.getEntriesByType('navigation')[0];
@@ -109,15 +111,15 @@ def recent_memory(n: int) -> dict:
     seconds = []
     for i, path in enumerate(paths):
         image = decode_image(path.read_bytes())
-        result = SimpleNamespace(filename=path.name, score=12345.678, threshold=6413.96, is_anomalous=True,
-                                 regions=[None] * 2, artifact_id="bottle-a57893093804", request_id=uuid.uuid4().hex)
+        verdict = SimpleNamespace(score=12345.678, threshold=6413.96, is_anomalous=True, regions=[None] * 2)
         started = time.perf_counter()
-        recent.record([image], [result])
+        recent.record([RecentEntry.of(datetime.now(timezone.utc), image, verdict, path.name, "bottle-a57893093804",
+                                      uuid.uuid4().hex)])
         seconds.append(time.perf_counter() - started)
         del image
     gc.collect()
     everything = tracemalloc.get_traced_memory()[0] - before
-    ring = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, RECENT_SOURCE, all_frames=True)])
+    ring = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, f, all_frames=True) for f in RECENT_SOURCES])
     held = sum(stat.size for stat in ring.statistics("filename"))
     tracemalloc.stop()
     thumbs = [len(e.thumbnail) for e in recent.latest()]

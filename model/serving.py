@@ -13,13 +13,14 @@ from model.reporting.overlays import colorize, overlay
 from model.runtime.imageio import ImageDecodeError, allow_decoding_up_to, decode_image
 from model.runtime.inspector import Inspector
 from model.runtime.process import configure_device, gpu_memory_bytes, set_torch_threads
-from model.runtime.verdict import InspectionResult, NonFiniteResult, Region, Verdict
+from model.runtime.verdict import MAX_REGIONS, InspectionResult, NonFiniteResult, Region, Verdict
 
 __all__ = [
     "ArtifactError",
     "ArtifactSource",
     "allow_decoding_up_to",
     "ImageDecodeError",
+    "MAX_REGIONS",
     "InspectionResult",
     "Inspector",
     "Manifest",

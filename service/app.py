@@ -17,10 +17,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from model.serving import allow_decoding_up_to, configure_device, set_torch_threads
-
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.pipeline import Pipeline
 from service.registry import Registry
 from service.routers import categories, health, inspect, page, recent, v2
 from service.settings import Settings
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.registry = registry
+    app.state.pipeline = Pipeline(settings, metrics)
     metrics.track_drift(registry.drift_snapshots)
     install_error_handlers(app)
     # Added innermost first: the request context wraps the body limit.

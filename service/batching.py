@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -92,7 +92,7 @@ class Batcher:
         return self._admitted
 
     def has_room(self, n: int) -> bool:
-        """Whether ``n`` more images would be admitted now (a hint; ``score`` decides)."""
+        """Whether ``n`` more images would be admitted now."""
         return not self._admitted or self._admitted + n <= self.max_queue
 
     def start(self) -> None:
@@ -111,24 +111,31 @@ class Batcher:
                 item.future.set_exception(ModelUnavailable(self.category))
 
     async def score(self, images: Sequence[np.ndarray]) -> list[Scored]:
-        """Score ``images`` (possibly across several batches); raises ``QueueFull`` at once when full.
+        """Admit and score ``images``; raises ``QueueFull`` at once when full (``admission``)."""
+        with self.admission(len(images)):
+            return await self.enqueue(images)
+
+    async def enqueue(self, images: Sequence[np.ndarray]) -> list[Scored]:
+        """Score ``images`` already admitted (inside ``admission``), possibly across several batches.
 
         Cancelling the caller (deadline, disconnect) drops its items that have not run.
         """
-        with self._admission(len(images)):
-            loop = asyncio.get_running_loop()
-            items = [WorkItem(image, loop.create_future()) for image in images]
-            self._pending.extend(items)
-            self._wakeup.set()
-            try:
-                return list(await asyncio.gather(*(item.future for item in items)))
-            finally:
-                for item in items:
-                    if not item.future.done():
-                        item.future.cancel()
+        loop = asyncio.get_running_loop()
+        items = [WorkItem(image, loop.create_future()) for image in images]
+        self._pending.extend(items)
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        finally:
+            for item in items:
+                if not item.future.done():
+                    item.future.cancel()
 
     @contextmanager
-    def _admission(self, n: int):
+    def admission(self, n: int) -> Iterator[None]:
+        """Hold ``n`` of the queue's places for the block: a request takes them before it decodes
+        its images and gives them back when its images are scored, failed or abandoned. Raises
+        ``QueueFull`` at once when they are not free, ``ModelUnavailable`` when the batcher stopped."""
         if self._task is None:
             raise ModelUnavailable(self.category)
         if not self.has_room(n):

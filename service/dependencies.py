@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: settings, registry, metrics, auth, category lookup."""
+"""Typed FastAPI dependencies: settings, registry, metrics, the inspect pipeline, auth, category lookup."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from fastapi import Depends, Path, Request
 from pydantic import SecretStr
 
 from model.serving import validate_category
+from service.category import Category
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.registry import Category, Registry
+from service.pipeline import Pipeline
+from service.registry import Registry
 from service.settings import Settings
 
 
@@ -29,9 +31,14 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 
 
 def _bearer_token(request: Request) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from model.serving import Verdict
 from service.errors import ApiError
 from service.settings import Settings
-from service.uploads import Upload, too_many_images
+from service.uploads import Upload, decode_all, too_many_images
 
 INPUT_NAME = "image"
 OUTPUTS: dict[str, str] = {"score": "FP64", "normalized_score": "FP64", "threshold": "FP64",
@@ -131,24 +132,55 @@ def _check_counts(count: int, pixels_each: int, settings: Settings) -> None:
         raise ApiError(413, "image_too_large", "the input tensor has more pixels than the server accepts")
 
 
-def output_tensors(names: list[str], verdicts: list[Verdict]) -> list[dict[str, Any]]:
-    """The requested output tensors of ``verdicts`` (``$response_output``)."""
+def input_count(tensor: Tensor, settings: Settings) -> int:
+    """How many images the input tensor holds, from its name, datatype and shape alone (admitted
+    before any pixel is read); 400 ``invalid_input`` or 413 from the counts."""
+    if tensor.name != INPUT_NAME:
+        raise bad(f"unknown input {tensor.name!r}: the model's input is {INPUT_NAME!r}")
+    if tensor.datatype not in ("UINT8", "BYTES"):
+        raise bad(f"input datatype {tensor.datatype!r} not accepted: UINT8 pixels or BYTES encoded images")
+    count = len(tensor.data) if tensor.datatype == "BYTES" else tensor.shape[0] if len(tensor.shape) == 4 else 1
+    _check_counts(count, 0, settings)
+    return count
+
+
+def images_of(tensor: Tensor, settings: Settings) -> tuple[list[np.ndarray], list[float]]:
+    """Blocking: the input tensor's RGB images (BYTES decoded by the ``/inspect`` decoder) and the
+    ms each took."""
+    if tensor.datatype == "BYTES":
+        return decode_all(byte_uploads(tensor, settings), settings.max_pixels, settings.max_request_pixels)
+    started = time.perf_counter()
+    images = pixel_images(tensor, settings)
+    return images, [(time.perf_counter() - started) * 1000.0 / len(images)] * len(images)
+
+
+def image_outputs(names: list[str], verdict: Verdict) -> dict[str, Any]:
+    """Blocking: one image's values of the requested outputs (the map and mask as flat lists)."""
+    values = {
+        "score": lambda: verdict.score,
+        "normalized_score": lambda: verdict.normalized_score,
+        "threshold": lambda: verdict.threshold,
+        "is_anomalous": lambda: verdict.is_anomalous,
+        "map": lambda: verdict.anomaly_map.astype(np.float32).ravel().tolist(),
+        "mask": lambda: verdict.mask.ravel().tolist(),
+    }
+    return {name: values[name]() for name in names}
+
+
+def output_tensors(names: list[str], verdicts: list[Verdict], values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The requested output tensors (``$response_output``) of ``verdicts`` from each one's
+    ``image_outputs``."""
     if any(n in PER_PIXEL for n in names) and len({v.anomaly_map.shape for v in verdicts}) > 1:
         raise bad("images of different sizes cannot share a map or mask tensor: request score outputs only, "
                   "or send one image per request")
     count = len(verdicts)
-    columns = {
-        "score": lambda: [v.score for v in verdicts],
-        "normalized_score": lambda: [v.normalized_score for v in verdicts],
-        "threshold": lambda: [v.threshold for v in verdicts],
-        "is_anomalous": lambda: [v.is_anomalous for v in verdicts],
-        "map": lambda: np.stack([v.anomaly_map for v in verdicts]).astype(np.float32).ravel().tolist(),
-        "mask": lambda: np.stack([v.mask for v in verdicts]).ravel().tolist(),
-    }
     out = []
     for name in names:
-        shape = [count, verdicts[0].height, verdicts[0].width] if name in PER_PIXEL else [count]
-        out.append({"name": name, "datatype": OUTPUTS[name], "shape": shape, "data": columns[name]()})
+        if name in PER_PIXEL:
+            shape, data = [count, verdicts[0].height, verdicts[0].width], [x for v in values for x in v[name]]
+        else:
+            shape, data = [count], [v[name] for v in values]
+        out.append({"name": name, "datatype": OUTPUTS[name], "shape": shape, "data": data})
     return out
 
 

@@ -12,26 +12,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from service.registry import Category
+from model.serving import Inspector
+from service.category import Category, State
+from service.metrics import Metrics
 
 log = logging.getLogger("service.registry")
 
 
-class OnDemand:
-    """Mixed into ``Registry`` (which owns ``_categories``, ``_add``, ``_load_into``, ``source``)."""
+class OnDemand(ABC):
+    """The on-demand half of ``Registry``, written against the four hooks below, which it implements."""
 
     demand: Callable[[str], Awaitable[object]] | None
+    metrics: Metrics
+
+    @abstractmethod
+    def get(self, name: str) -> Category | None:
+        """The registered category ``name`` (no filesystem)."""
+
+    @abstractmethod
+    async def _add(self, name: str, state: State) -> Category:
+        """Register a new category, not loaded yet."""
+
+    @abstractmethod
+    async def _load_into(self, category: Category) -> Inspector | None:
+        """Load the category's published artifact and swap it in (None on failure, recorded on it)."""
+
+    @abstractmethod
+    def _published(self, name: str) -> bool:
+        """Blocking: whether the artifact source has ``name``."""
 
     async def find(self, name: str) -> Category | None:
         """``get``, and on demand also a category published since start-up (one look at the source)."""
-        category = self._categories.get(name)
+        category = self.get(name)
         if category is None and self.demand is not None and await asyncio.to_thread(self._published, name):
-            category = self._categories.get(name) or await self._add(name, "unloaded")
+            category = self.get(name) or await self._add(name, "unloaded")
         return category
 
     @asynccontextmanager
@@ -44,14 +62,14 @@ class OnDemand:
 
     async def load(self, name: str) -> Category:
         """Load ``name`` now (on demand); a failure leaves it ``failed`` (503) until a reload."""
-        category = self._categories.get(name) or await self._add(name, "loading")
+        category = self.get(name) or await self._add(name, "loading")
         if category.inspector is None:
             await self._load_into(category)
         return category
 
     async def unload(self, name: str) -> None:
         """Evict ``name``: once no request holds it, drop its inspector."""
-        category = self._categories.get(name)
+        category = self.get(name)
         if category is None:
             return
         await category.wait_unused()
@@ -59,11 +77,3 @@ class OnDemand:
             category.inspector, category.state, category.error = None, "unloaded", None
             self.metrics.model_loaded.labels(category=name).set(0)
         log.info("category %s: unloaded", name)
-
-    def _published(self, name: str) -> bool:
-        """Blocking: the source has ``name`` (False when it cannot tell)."""
-        try:
-            return self.source.has(name)
-        except Exception as exc:
-            log.warning("cannot tell whether %s is published: %s", name, exc)
-            return False

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
-from service.recent import RecentEntry
+from service.recent_entry import RecentEntry
 
 log = logging.getLogger("service.recent_store")
 

@@ -20,26 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal
 
 from model.serving import ArtifactError, Inspector, open_source
 from service.batching import Batcher
+from service.category import Category, State
 from service.drift import Baseline, DriftSnapshot, DriftTracker
 from service.loading import ArtifactLoader
 from service.metrics import UNKNOWN_CATEGORY, Metrics
+from service.on_demand import OnDemand
 from service.recent import RecentInspections
 from service.recent_store import RecentStore
-from service.on_demand import OnDemand
 from service.settings import Settings
 
 log = logging.getLogger("service.registry")
-
-State = Literal["loading", "ready", "failed", "unloaded"]
 
 
 class ReloadError(Exception):
@@ -48,41 +44,6 @@ class ReloadError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
-
-
-@dataclass
-class Category:
-    """One category's live state."""
-
-    name: str
-    state: State = "loading"
-    inspector: Inspector | None = None
-    error: str | None = None  # why it failed to load, or why the last reload failed
-    loaded_at: datetime | None = None
-    batcher: Batcher | None = None
-    drift: DriftTracker = field(default_factory=DriftTracker)  # recent scores of the live artifact
-    recent: RecentInspections = field(default_factory=lambda: RecentInspections("", 0))  # for the page
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0  # requests holding it (``Registry.use``)
-    released: asyncio.Condition = field(default_factory=asyncio.Condition)
-
-    @property
-    def artifact_id(self) -> str | None:
-        return self.inspector.artifact_id if self.inspector is not None else None
-
-    @asynccontextmanager
-    async def held(self) -> AsyncIterator[Category]:
-        self.users += 1
-        try:
-            yield self
-        finally:
-            self.users -= 1
-            async with self.released:
-                self.released.notify_all()
-
-    async def wait_unused(self) -> None:
-        async with self.released:
-            await self.released.wait_for(lambda: self.users == 0)
 
 
 class Registry(OnDemand):
@@ -239,4 +200,12 @@ class Registry(OnDemand):
         try:
             return self.source.published_id(name) == category.artifact_id
         except Exception:  # unreadable now: let the reload say why
+            return False
+
+    def _published(self, name: str) -> bool:
+        """Blocking: the source has ``name`` (False when it cannot tell)."""
+        try:
+            return self.source.has(name)
+        except Exception as exc:
+            log.warning("cannot tell whether %s is published: %s", name, exc)
             return False

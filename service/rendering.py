@@ -1,7 +1,8 @@
 """From a ``Verdict`` to response images: PNG/base64 encoding, the colour map and the overlay.
 
-The verdict itself (score, threshold, mask, regions at input size) is the model's
-(``InspectionResult.verdict``). Blocking numpy/OpenCV work; the router runs it in a worker thread.
+The verdict itself (score, threshold, mask, regions and the map's colour range, at input size)
+is the model's (``InspectionResult.verdict``). Blocking numpy/OpenCV work; the inspect pipeline
+runs it in a worker thread.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ DEFAULT_OUTPUTS = frozenset({"heatmap", "mask"})
 
 @dataclass(frozen=True)
 class RenderOptions:
+    """Which images an answer carries, and how hard PNGs are compressed."""
+
     outputs: frozenset[str] = DEFAULT_OUTPUTS
-    threshold: float | None = None  # image threshold override
-    pixel_threshold: float | None = None  # mask threshold override
-    max_regions: int = 32
     png_compression: int = 1
 
 
@@ -48,13 +48,13 @@ def png_base64(image: np.ndarray, compression: int) -> str:
     return base64.b64encode(buf.tobytes()).decode("ascii")
 
 
-def encode_images(image: np.ndarray, verdict: Verdict, vmax: float, options: RenderOptions) -> dict[str, str]:
+def encode_images(image: np.ndarray, verdict: Verdict, options: RenderOptions) -> dict[str, str]:
     """The requested PNGs of ``verdict`` over the decoded input ``image [H, W, 3]``: heatmap (JET),
-    mask, overlay, and map (the anomaly map in gray, for clients that colour it themselves).
-
-    The heatmap's colour range is fixed per artifact, ``[0, vmax]`` (the server passes
-    2 x the calibrated image threshold), so a colour means the same value in every image.
+    mask, overlay, and map (the anomaly map in gray, for clients that colour it themselves), all
+    over the verdict's colour range ``[0, heatmap_max]``, fixed per artifact, so a colour means the
+    same value in every image.
     """
+    vmax = verdict.heatmap_max
     out: dict[str, str] = {}
     heat = colorize(verdict.anomaly_map, 0.0, vmax) if options.outputs & {"heatmap", "overlay"} else None
     if "heatmap" in options.outputs:

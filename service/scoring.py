@@ -1,10 +1,7 @@
-"""Scoring decoded images of one request through the category's batcher, for every API.
-
-``POST /inspect/{category}`` and the Open Inference Protocol's ``infer`` share this hop:
-queue the images, wait for their results, the request's deadline or the client leaving,
-and turn the batcher's refusals into API errors (503 ``overloaded`` with Retry-After,
-503 ``artifact_unavailable``, 504 ``deadline_exceeded``). ``record_drift`` feeds each
-scored image into the category's drift window.
+"""The inspect pipeline's batcher hop (``service.pipeline``): queue a request's admitted images,
+wait for their results, the request's deadline or the client leaving, and the API errors of the
+batcher's refusals (503 ``overloaded`` with Retry-After, 503 ``artifact_unavailable``, 504
+``deadline_exceeded``).
 """
 
 from __future__ import annotations
@@ -15,20 +12,20 @@ import logging
 import numpy as np
 from starlette.requests import Request
 
-from service.batching import ModelUnavailable, QueueFull, Scored
+from service.batching import ModelUnavailable, Scored
+from service.category import Category
 from service.errors import ApiError, request_id_of
-from service.registry import Category
 
 log = logging.getLogger("service.scoring")
 
 
-async def score_images(
-    request: Request, category: Category, images: list[np.ndarray], remaining: float, retry_after: int
-) -> list[Scored] | None:
-    """Queue the images and wait for their results, the deadline or the client leaving (-> None)."""
+async def score_images(request: Request, category: Category, images: list[np.ndarray],
+                       remaining: float) -> list[Scored] | None:
+    """Queue the images (admitted already) and wait for their results, the deadline or the client
+    leaving (-> None)."""
     if remaining <= 0:
         raise ApiError(504, "deadline_exceeded", "request deadline exceeded before inference")
-    work = asyncio.ensure_future(category.batcher.score(images))
+    work = asyncio.ensure_future(category.batcher.enqueue(images))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         done, _ = await asyncio.wait({work, gone}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
@@ -37,10 +34,8 @@ async def score_images(
     if work in done:
         try:
             return work.result()
-        except QueueFull as exc:
-            raise overloaded(category, retry_after) from exc
         except ModelUnavailable as exc:
-            raise ApiError(503, "artifact_unavailable", f"category {category.name} is not serving") from exc
+            raise artifact_unavailable(category) from exc
     if gone in done:
         log.info("request %s: client disconnected before its result", request_id_of(request))
         return None
@@ -52,12 +47,8 @@ def overloaded(category: Category, retry_after: int) -> ApiError:
                     {"Retry-After": str(retry_after)})
 
 
-def record_drift(category: Category, scored: list[tuple[float, str]]) -> None:
-    """Each image's raw score (with the artifact id that scored it) into the category's drift
-    window (O(1) per score; statistics are computed on GET or scrape). Results of a previous
-    artifact (a reload in flight) are dropped."""
-    for artifact_id in {a for _, a in scored}:
-        category.drift.record([s for s, a in scored if a == artifact_id], artifact_id)
+def artifact_unavailable(category: Category) -> ApiError:
+    return ApiError(503, "artifact_unavailable", f"category {category.name} is not serving")
 
 
 async def _client_gone(request: Request) -> None:

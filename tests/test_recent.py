@@ -15,17 +15,18 @@ import cv2
 import numpy as np
 import pytest
 
-from service.recent import THUMBNAIL_PX, RecentEntry, RecentInspections, thumbnail
+from service.recent import RecentInspections
+from service.recent_entry import THUMBNAIL_PX, RecentEntry, thumbnail
 from service.recent_store import RecentStore
 from service.settings import Settings
 from tests.promtext import metric_value
 from tests.test_api import decode_png_b64, make_client, post_file, test_images
 
 
-def result(i: int, anomalous: bool = True) -> SimpleNamespace:
-    """What ``RecentInspections.record`` reads of an ``ImageResult``."""
-    return SimpleNamespace(filename=f"part{i}.png", score=float(i), threshold=2.5, is_anomalous=anomalous,
-                           regions=[object()] * (i % 3), artifact_id="a-1", request_id=f"r{i}")
+def inspected(i: int, anomalous: bool = True, size: tuple[int, int] = (40, 40)) -> RecentEntry:
+    """The entry of an inspected image of ``size``: what ``RecentEntry.of`` reads of its verdict."""
+    verdict = SimpleNamespace(score=float(i), threshold=2.5, is_anomalous=anomalous, regions=[object()] * (i % 3))
+    return RecentEntry.of(datetime.now(timezone.utc), image(*size), verdict, f"part{i}.png", "a-1", f"r{i}")
 
 
 def entry(i: int) -> RecentEntry:
@@ -50,7 +51,7 @@ def test_a_thumbnail_is_a_small_jpeg_of_the_image():
 def test_the_ring_keeps_the_last_n_newest_first():
     recent = RecentInspections("bottle", 3)
     for i in range(5):
-        recent.record([image(40, 40)], [result(i)])
+        recent.record([inspected(i)])
     assert len(recent) == 3
     assert [e.request_id for e in recent.latest()] == ["r4", "r3", "r2"]
     assert [e.filename for e in recent.latest(2)] == ["part4.png", "part3.png"]
@@ -59,7 +60,7 @@ def test_the_ring_keeps_the_last_n_newest_first():
 
 def test_a_limit_of_zero_keeps_nothing():
     recent = RecentInspections("bottle", 0)
-    recent.record([image()], [result(1)])
+    recent.record([inspected(1)])
     assert not recent.enabled and recent.latest() == []
 
 
@@ -70,7 +71,7 @@ def test_concurrent_records_keep_the_bound():
     def work(k: int) -> None:
         start.wait()
         for i in range(25):
-            recent.record([image(30, 30)], [result(100 * k + i)])
+            recent.record([inspected(100 * k + i, size=(30, 30))])
             recent.latest(3)
 
     threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
@@ -101,7 +102,7 @@ def test_a_new_process_restores_the_newest_and_keeps_the_bound(tmp_path):
     recent.restore()
     assert [e.request_id for e in recent.latest()] == ["r3", "r2"]
     assert recent.latest()[0].thumbnail == entry(3).thumbnail
-    recent.record([image(20, 20)], [result(9)])
+    recent.record([inspected(9, size=(20, 20))])
     names = sorted(p.stem for p in (tmp_path / "bottle").glob("*.json"))
     assert len(names) == 4
     assert json.loads((tmp_path / "bottle" / f"{names[-1]}.json").read_text())["request_id"] == "r9"
@@ -184,11 +185,11 @@ def test_recording_never_fails_an_inspection(tiny_artifacts, images, caplog):
     with make_client(tiny_artifacts) as client:
         recent = client.app.state.registry.get("alpha").recent
 
-        def broken(images, results):
+        def broken(entries):
             raise OSError("disk full")
 
         recent.record = broken
-        with caplog.at_level(logging.ERROR, logger="service.inspect"):
+        with caplog.at_level(logging.ERROR, logger="service.pipeline"):
             r = post_file(client, "alpha", images[0].read_bytes(), outputs="none")
         assert r.status_code == 200, r.text
         assert "not recorded" in caplog.text and "disk full" in caplog.text

@@ -17,6 +17,7 @@ import numpy as np
 from model.method.calibration import Thresholds
 
 MAX_REGIONS = 32
+HEATMAP_RANGE = 2.0  # a map is drawn over [0, 2 x the calibrated image threshold]: the threshold mid-range
 
 
 class NonFiniteResult(ValueError):
@@ -73,6 +74,8 @@ class Verdict:
     anomaly_map: np.ndarray  # float32 [H, W]
     mask: np.ndarray  # bool [H, W], anomaly_map > pixel_threshold
     regions: list[Region]
+    heatmap_max: float  # top of the map's colour range, the same for every image of an artifact
+
 
     @property
     def height(self) -> int:
@@ -120,4 +123,5 @@ class InspectionResult:
             anomaly_map=full,
             mask=mask,
             regions=find_regions(full, mask, max_regions) if max_regions else [],
+            heatmap_max=HEATMAP_RANGE * self.thresholds.image,
         )

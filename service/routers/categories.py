@@ -8,10 +8,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
+from model.serving import Manifest
+from service.category import Category
 from service.dependencies import CategoryName, RegistryDep, known_category, require_reload_permission
 from service.errors import ApiError, request_id_of
-from model.serving import Manifest
-from service.registry import Category, ReloadError
+from service.registry import ReloadError
 from service.schemas import (
     CategoryDetail,
     CategoryList,

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from service.category import Category
 from service.dependencies import known_category, require_api_key
-from service.recent import RecentEntry
-from service.registry import Category
+from service.recent_entry import RecentEntry
 from service.schemas import ErrorBody, RecentItem, RecentList
 
 router = APIRouter(prefix="/categories", tags=["categories"])

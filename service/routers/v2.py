@@ -9,20 +9,25 @@ protocol's.
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from model.serving import NonFiniteResult
 from service import oip
-from service.dependencies import MetricsDep, RegistryDep, SettingsDep, known_category, require_api_key, serving_category
-from service.errors import ApiError, request_id_of
-from service.registry import Category
+from service.category import Category
+from service.dependencies import (
+    PipelineDep,
+    RegistryDep,
+    SettingsDep,
+    known_category,
+    require_api_key,
+    serving_category,
+)
+from service.pipeline import Decision, Intake
 from service.schemas import ErrorBody
-from service.scoring import overloaded, record_drift, score_images
-from service.uploads import CLIENT_CLOSED, decode_all
+from service.uploads import CLIENT_CLOSED
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 PLATFORM = "factory-inspect_pytorch"
@@ -67,38 +72,18 @@ async def infer(
     request: Request,
     category: Annotated[Category, Depends(serving_category)],
     settings: SettingsDep,
-    metrics: MetricsDep,
+    pipeline: PipelineDep,
 ) -> Response:
     names = oip.requested_outputs(body)
-    threshold = oip.threshold_override(body)
-    images = await asyncio.to_thread(_images, body.inputs[0], settings)
-    if not category.batcher.has_room(len(images)):
-        raise overloaded(category, settings.retry_after_s)
-    remaining = settings.request_timeout_s - (time.perf_counter() - request.state.t0)
-    scored = await score_images(request, category, images, remaining, settings.retry_after_s)
-    if scored is None:
+    tensor = body.inputs[0]
+    intake = Intake(oip.input_count(tensor, settings), functools.partial(oip.images_of, tensor, settings))
+    inspection = await pipeline.run(request, category, intake, Decision(oip.threshold_override(body), max_regions=0),
+                                    lambda _, verdict: oip.image_outputs(names, verdict))
+    if inspection is None:
         return Response(status_code=CLIENT_CLOSED)
-    try:
-        verdicts = await asyncio.to_thread(
-            lambda: [s.result.verdict(i.shape[:2], threshold, 0) for i, s in zip(images, scored, strict=True)])
-    except NonFiniteResult:
-        raise ApiError(500, "internal_error", "internal server error") from None
-    outputs = await asyncio.to_thread(oip.output_tensors, names, verdicts)
-    metrics.observe_images(category.name, len(verdicts))
-    metrics.observe_verdicts(category.name, [v.is_anomalous for v in verdicts])
-    record_drift(category, [(s.result.score, s.result.artifact_id) for s in scored])
-    answer = {"model_name": category.name, "model_version": scored[0].result.artifact_id,
-              "id": body.id or request_id_of(request), "parameters": {"pixel_threshold": verdicts[0].pixel_threshold},
-              "outputs": outputs}
+    outputs = await asyncio.to_thread(oip.output_tensors, names, [i.verdict for i in inspection.images],
+                                      [i.rendered for i in inspection.images])
+    answer = {"model_name": category.name, "model_version": inspection.images[0].result.artifact_id,
+              "id": body.id or inspection.request_id,
+              "parameters": {"pixel_threshold": inspection.images[0].verdict.pixel_threshold}, "outputs": outputs}
     return JSONResponse(answer)
-
-
-def _images(tensor: oip.Tensor, settings) -> list:
-    """Blocking: the input tensor's RGB images (BYTES decoded by the ``/inspect`` decoder)."""
-    if tensor.name != oip.INPUT_NAME:
-        raise oip.bad(f"unknown input {tensor.name!r}: the model's input is {oip.INPUT_NAME!r}")
-    if tensor.datatype == "UINT8":
-        return oip.pixel_images(tensor, settings)
-    if tensor.datatype == "BYTES":
-        return decode_all(oip.byte_uploads(tensor, settings), settings.max_pixels, settings.max_request_pixels)[0]
-    raise oip.bad(f"input datatype {tensor.datatype!r} not accepted: UINT8 pixels or BYTES encoded images")
