@@ -25,11 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.method.config import ABLATIONS, FitConfig  # noqa: E402
 from model.jobs.dataset import TestSample, file_sha256, list_defects  # noqa: E402
 from model.jobs.evaluate import evaluate  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
 from model.jobs.host import keep_freed_memory  # noqa: E402
+from model.method.config import ABLATIONS, FitConfig  # noqa: E402
 from model.runtime.imageio import read_image  # noqa: E402
 from model.runtime.inspector import Inspector  # noqa: E402
 

@@ -43,12 +43,12 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ablation import batch1_timings  # noqa: E402
-from model.reporting import metrics  # noqa: E402
-from model.method.backbone import create_feature_extractor  # noqa: E402
-from model.method.config import FitConfig  # noqa: E402
 from model.jobs.dataset import TestSample, list_images, list_test_set, read_mask  # noqa: E402
 from model.jobs.evaluate import evaluate  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
+from model.method.backbone import create_feature_extractor  # noqa: E402
+from model.method.config import FitConfig  # noqa: E402
+from model.reporting import metrics  # noqa: E402
 from model.runtime.inspector import Inspector, normalization  # noqa: E402
 
 log = logging.getLogger("anomalib_side_by_side")

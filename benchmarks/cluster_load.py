@@ -44,12 +44,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import server_load  # noqa: E402  (benchmarks/)
-from cli.synthetic import generate_category  # noqa: E402
+
 from cluster import control  # noqa: E402
 from cluster.deployment import ClusterArgs  # noqa: E402
 from cluster.local import LocalCluster, MotoServer, free_port, wait_for  # noqa: E402
 from model.artifact.remote import RemoteSource, RemoteStore  # noqa: E402
 from model.artifact.store import artifact_size_bytes  # noqa: E402
+from model.jobs.demo_data import generate_category  # noqa: E402
 
 LEVELS = (1, 8, 32)
 

@@ -2,7 +2,7 @@
 
 Computes NNS / Gaussian / product maps for layer and grid variants without re-running the
 backbone, with the library's own coreset, memory bank, Gaussian and AMC code, and the
-same metrics as ``evaluate``. Used to pick the default wiring (BENCHMARKS.md).
+same metrics as ``evaluate``. Used to pick the default wiring (docs/lab/issue-03-core.md).
 
     .venv/bin/python benchmarks/explore_wiring.py <category folder> 256 SPEC[,SPEC...]
 
@@ -13,22 +13,30 @@ SPEC is one of
 Layers are digits of 1-based backbone outputs (strides 4, 8, 16). No coreset cap here.
 Features are cached under /tmp (about 200 MB for bottle).
 """
-import sys, time, numpy as np, torch, torch.nn.functional as F
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 torch.set_num_threads(2)
 sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[1]))
-from model.method.backbone import create_feature_extractor, frozen
-from model.runtime.imageio import preprocess, read_image
+from pathlib import Path
+
 from model.jobs.dataset import list_images, list_test_set, read_mask
 from model.jobs.fit import split_holdout
+from model.method.amc import AnomalyMapCombiner
+from model.method.backbone import create_feature_extractor, frozen
 from model.method.config import FitConfig
+from model.method.coreset import greedy_coreset
 from model.method.features import select_dims  # noqa: E402
 from model.method.fusion import resize_to
-from model.method.coreset import greedy_coreset
-from model.method.memory_bank import MemoryBank, flatten_patches
 from model.method.gaussian import GaussianAccumulator, GaussianModel
-from model.method.amc import AnomalyMapCombiner
+from model.method.memory_bank import MemoryBank, flatten_patches
 from model.reporting import metrics
-from pathlib import Path
+from model.runtime.imageio import preprocess, read_image
+
 data = Path(sys.argv[1]); size = int(sys.argv[2]) if len(sys.argv) > 2 else 256
 cache = Path(f'/tmp/featcache_{data.name}_{size}.pt')
 if cache.exists():

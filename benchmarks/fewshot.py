@@ -42,16 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cli.main import parse_pairs  # noqa: E402
 from model.jobs.dataset import list_test_set, read_mask  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
-from model.jobs.described import Cells, describe  # noqa: E402
-from model.jobs.head_fit import FIGURES, boost_start, candidate, candidates, fit_head  # noqa: E402
 from model.jobs.host import keep_freed_memory  # noqa: E402
-from model.jobs.selection import validation_images  # noqa: E402
 from model.method.amc import image_scores  # noqa: E402
 from model.method.calibration import best_f1_threshold, calibrate_on_good, calibrate_with_defects  # noqa: E402
 from model.method.config import FitConfig  # noqa: E402
 from model.reporting import metrics  # noqa: E402
 from model.runtime.imageio import read_image, resize_rgb  # noqa: E402
 from model.runtime.inspector import Inspector  # noqa: E402
+from model.training.described import Cells, describe  # noqa: E402
+from model.training.head_fit import FIGURES, boost_start, candidate, candidates, fit_head  # noqa: E402
+from model.training.validation_images import validation_images  # noqa: E402
 
 METRICS = ("image_auroc", "pixel_auroc", "au_pro", "pixel_ap", "image_f1", "pixel_f1")
 
@@ -65,7 +65,7 @@ def final_maps(inspector: Inspector, cells: Cells, head=None, chunk: int = 32) -
         boost = None
         if head is not None and float(head.weight) > 0:
             boost = head.weight * head(part.features, part.nearest, part.gaussian)
-        out.append(inspector.combiner(part.branch_maps(), boost).numpy())
+        out.append(inspector.final_maps(part.described(), boost).numpy())
     return np.concatenate(out)
 
 
@@ -205,14 +205,13 @@ def latency(inspector: Inspector, head, images: list[np.ndarray], repeats: int =
     runs), interleaved image by image; medians in ms and their ratio."""
     head.weight.fill_(max(float(head.weight), 1.0))
     times: dict[str, list[float]] = {"without": [], "with": []}
+    inspectors = {"without": inspector.with_head(None), "with": inspector.with_head(head)}
     for _ in range(repeats):
         for image in images:
-            for name, attached in (("without", None), ("with", head)):
-                inspector.branches.head = attached
+            for name, attached in inspectors.items():
                 t = time.perf_counter()
-                inspector.measure([image])
+                attached.measure([image])
                 times[name].append((time.perf_counter() - t) * 1000)
-    inspector.branches.head = None
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {"without_ms": round(med["without"], 2), "with_ms": round(med["with"], 2),
             "ratio": round(med["with"] / med["without"], 3), "images": len(images), "repeats": repeats}

@@ -23,7 +23,7 @@ import atheris
 import numpy as np
 
 with atheris.instrument_imports(include=["model", "PIL"]):  # PIL first imported here, so it is instrumented
-    from PIL import Image, ImageOps, PngImagePlugin, JpegImagePlugin, BmpImagePlugin, TiffImagePlugin  # noqa: F401
+    from PIL import BmpImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin  # noqa: F401
 
     from model.runtime.imageio import ImageDecodeError, decode_image
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.jobs.dataset import list_images, list_test_set  # noqa: E402
 from model.jobs.evaluate import evaluate  # noqa: E402
-from model.runtime.imageio import preprocess, preprocess_on_device, read_image  # noqa: E402
 from model.runtime.execution import PRECISIONS  # noqa: E402
+from model.runtime.imageio import preprocess, preprocess_on_device, read_image  # noqa: E402
 from model.runtime.inspector import Inspector  # noqa: E402
 from model.runtime.process import configure_device  # noqa: E402
 

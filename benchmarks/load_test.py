@@ -42,8 +42,8 @@ def tiny_root() -> Path:
     root = REPO / "runs" / "reliability_artifacts"
     if (root / "tiny").exists():
         return root
+    from model.jobs.demo_data import generate_category
     from model.jobs.fit import fit
-    from cli.synthetic import generate_category
     from tests.conftest import tiny_config
 
     data = generate_category(REPO / "runs" / "reliability_data" / "tiles", kind="tiles", n_train=12,

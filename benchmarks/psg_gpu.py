@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.method.config import FitConfig  # noqa: E402
 from model.artifact.store import read_manifest  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
+from model.method.config import FitConfig  # noqa: E402
 from model.runtime.process import configure_device  # noqa: E402
 
 PAPER = {"psg.enabled": True, "psg.max_steps": 0, "psg.epochs": 64, "psg.batch_size": 32}

@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.jobs.dataset import list_test_set, read_mask  # noqa: E402
 from model.artifact.store import read_manifest  # noqa: E402
+from model.jobs.dataset import list_test_set, read_mask  # noqa: E402
 from model.jobs.fit import inspect_files, prefer_psg  # noqa: E402
-from model.runtime.inspector import Inspector  # noqa: E402
 from model.reporting.metrics import metric_block  # noqa: E402
-from model.jobs.progress import silent_progress  # noqa: E402
+from model.reporting.progress import silent_progress  # noqa: E402
+from model.runtime.inspector import Inspector  # noqa: E402
 
 METRICS = ("image_auroc", "pixel_auroc", "au_pro")
 RULES = {

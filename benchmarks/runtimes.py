@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.method.config import FitConfig  # noqa: E402
 from model.jobs.dataset import list_images  # noqa: E402
+from model.jobs.demo_data import generate_category  # noqa: E402
 from model.jobs.fit import fit  # noqa: E402
+from model.method.config import FitConfig  # noqa: E402
 from model.runtime.imageio import read_image  # noqa: E402
 from model.runtime.inspector import Inspector  # noqa: E402
-from cli.synthetic import generate_category  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import time_batches  # noqa: E402  (benchmarks/latency.py: warm-up, timed calls, p50s)

@@ -30,14 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.jobs.dataset import list_images, list_test_set, read_mask  # noqa: E402
 from model.jobs.fit import split_holdout  # noqa: E402
 from model.jobs.host import keep_freed_memory  # noqa: E402
-from model.jobs.progress import silent_progress  # noqa: E402
-from model.jobs.selection import (  # noqa: E402
-    branches_needed, choose, fraction_scores, resolve, score_candidates, validate, validation_images)
+from model.jobs.selection import branches_needed, resolve, validate  # noqa: E402
 from model.jobs.variant import fit_parts  # noqa: E402
 from model.method.config import FitConfig  # noqa: E402
 from model.reporting import metrics  # noqa: E402
+from model.reporting.progress import silent_progress  # noqa: E402
 from model.runtime.execution import Timer  # noqa: E402
 from model.runtime.imageio import read_image, resize_rgb  # noqa: E402
+from model.training.validation import choose, fraction_scores, score_candidates  # noqa: E402
+from model.training.validation_images import validation_images  # noqa: E402
 
 METRICS = ("image_auroc", "pixel_auroc", "au_pro")
 

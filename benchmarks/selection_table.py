@@ -1,4 +1,4 @@
-"""BENCHMARKS.md's tables from ``benchmarks/selection.py``'s JSON files, one per category.
+"""The selection tables (BENCHMARKS.md, docs/lab/issue-16-selection.md) from ``benchmarks/selection.py``'s JSON files, one per category.
 
     .venv/bin/python benchmarks/selection_table.py runs/selection/bottle.json runs/selection/mt.json ...
 """

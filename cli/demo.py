@@ -19,10 +19,9 @@ from pathlib import Path
 import httpx
 import uvicorn
 
-from model.jobs.dataset import list_images
+from model.jobs.demo_data import generate_category, pick_images
 from model.jobs.fit import fit
-from model.jobs.progress import ProgressFactory, silent_progress
-from cli.synthetic import generate_category
+from model.reporting.progress import ProgressFactory, silent_progress
 from service.app import create_app
 from service.settings import Settings
 
@@ -51,16 +50,6 @@ def start_server(artifacts: Path, port: int) -> tuple[uvicorn.Server, threading.
         time.sleep(0.2)
     server.should_exit = True
     raise RuntimeError("server did not become ready within 120 s")
-
-
-def pick_images(data: Path) -> list[Path]:
-    """One defective and one good test image (the first of each, by name)."""
-    test = data / "test"
-    defect_dirs = sorted(p for p in test.iterdir() if p.is_dir() and p.name != "good")
-    picks = [list_images(defect_dirs[0])[0]] if defect_dirs else []
-    if (test / "good").is_dir():
-        picks.append(list_images(test / "good")[0])
-    return picks
 
 
 def save_png(b64: str | None, path: Path) -> Path | None:

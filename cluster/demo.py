@@ -23,9 +23,8 @@ from pathlib import Path
 import boto3
 import httpx
 
-from cli.demo import pick_images
-from cli.synthetic import generate_category
 from cluster.local import REPO, LocalCluster, MotoServer, free_port
+from model.jobs.demo_data import generate_category, pick_images
 
 BUCKET = "factory-artifacts"
 

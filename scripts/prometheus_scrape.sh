@@ -22,7 +22,7 @@ trap cleanup EXIT INT TERM
 
 echo "== fit a tiny category into $WORK/artifacts"
 .venv/bin/python -c "
-from cli.synthetic import generate_category
+from model.jobs.demo_data import generate_category
 generate_category('$WORK/data/tiles', kind='tiles', n_train=12, n_test_good=4, n_test_defect=8, size=128, seed=0)"
 .venv/bin/factory-inspect fit --data "$WORK/data/tiles" --category tiles --artifacts "$WORK/artifacts" \
     --set backbone.weights=\"random\" --set image_size=64 --set backbone.arch=\"tf_efficientnet_lite0\" \

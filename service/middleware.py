@@ -47,7 +47,23 @@ def _scored_category(path: str) -> str | None:
     return match.group(1) if match else None
 
 
-class RequestContextMiddleware:
+class HttpMiddleware:
+    """A pure ASGI middleware that handles HTTP requests (``handle``) and passes everything else on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestContextMiddleware(HttpMiddleware):
     """Gives each request an id (``scope['state']['request_id']``, echoed as ``X-Request-ID``),
     records the inspect metrics (count by status, duration, in-flight) and turns an
     exception that escaped every handler into ``500 internal_error``.
@@ -56,14 +72,11 @@ class RequestContextMiddleware:
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, category_label: Callable[[str], str]) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
         self.category_label = category_label
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = new_request_id(scope)
         state = scope.setdefault("state", {})
         state["request_id"] = rid
@@ -98,7 +111,7 @@ class RequestContextMiddleware:
                 self.metrics.observe_request(label, status["code"], time.perf_counter() - state["t0"], status["error"])
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """413 for a body over ``max_bytes``: up front from ``Content-Length``, else while it streams.
 
     A streamed (chunked) body is counted as it arrives; the first chunk that passes
@@ -106,13 +119,10 @@ class BodyLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = str(scope.get("state", {}).get("request_id", "-"))
         declared = _header(scope, b"content-length")
         if declared is not None:

@@ -16,7 +16,7 @@ import torch
 
 from model.method.config import FitConfig
 from model.jobs.fit import fit
-from cli.synthetic import generate_category
+from model.jobs.demo_data import generate_category
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.method.cutpaste import CUTPASTE, NORMAL, SCAR, color_jitter, cutpaste, cutpaste_scar, pseudo_views
+from model.training.cutpaste import CUTPASTE, NORMAL, SCAR, color_jitter, cutpaste, cutpaste_scar, pseudo_views
 from model.runtime.imageio import read_image, resize_rgb
 from tests.conftest import shared_category
 

@@ -16,16 +16,16 @@ from model.artifact.store import load_artifact
 from model.jobs.dataset import list_defects
 from model.jobs.evaluate import evaluate
 from model.jobs.fit import fit
-from model.jobs.described import Cells
-from model.jobs.head_cells import abnormal_bank, input_chunks, paste_defects
-from model.jobs.head_fit import candidate, candidates, folds
-from model.jobs.selection import ValidationImages
 from model.method.amc import AnomalyMapCombiner
 from model.method.config import FitConfig
 from model.method.defect_head import FLOOR, DefectHead, cell_inputs, input_channels, nearest_abnormal, principal_basis
 from model.method.memory_bank import MemoryBank
 from model.runtime.imageio import read_image
 from model.runtime.inspector import Inspector
+from model.training.described import Cells
+from model.training.head_cells import abnormal_bank, input_chunks, paste_defects
+from model.training.head_fit import candidate, candidates, folds
+from model.training.validation_images import ValidationImages
 from service.app import create_app
 from service.settings import Settings
 from tests.conftest import tiny_config
@@ -89,7 +89,7 @@ def test_a_shot_is_compared_with_the_other_shots_cells_only():
 
 
 def test_the_inputs_statistics_and_projection_come_from_one_pass_in_chunks():
-    from model.jobs.head_fit import _projection
+    from model.training.head_fit import _projection
 
     gen = torch.Generator().manual_seed(0)
     n, c = 40, 3  # three chunks of inputs
@@ -154,7 +154,7 @@ def test_head_round_trips_through_its_tensors_and_boost_zero_is_the_unsupervised
 
 
 def test_the_boost_is_the_probability_above_the_level_on_good_parts(monkeypatch):
-    from model.jobs.head_fit import good_level
+    from model.training.head_fit import good_level
 
     head = DefectHead(torch.zeros(1, 3), torch.zeros(13), torch.ones(13), torch.eye(13), 2, offset=0.6)
     p = torch.tensor([0.0, 0.3, 0.6, 0.8, 1.0])
@@ -223,9 +223,9 @@ def _marked_cells(marks: list[float], owners: list[int] | None = None) -> Cells:
 
 
 def test_each_folds_head_is_gated_on_the_synthetic_families_it_never_trained_on(monkeypatch):
-    import model.jobs.head_fit as head_fit
-    from model.jobs.head_cells import Pool
-    from model.method.synthetic_defects import FAMILIES
+    import model.training.head_fit as head_fit
+    from model.training.head_cells import Pool
+    from model.training.synthetic_defects import FAMILIES
 
     families = [None, None, *FAMILIES, *FAMILIES]  # two goods, then two defects of each family
     marks = [-1.0, -1.0, *[float(FAMILIES.index(f)) for f in families[2:]]]
@@ -253,8 +253,8 @@ def test_each_folds_head_is_gated_on_the_synthetic_families_it_never_trained_on(
 
 
 def test_a_small_category_trains_and_pastes_in_proportion_to_its_goods(monkeypatch):
-    import model.jobs.head_cells as head_cells
-    from model.jobs.head_fit import train
+    import model.training.head_cells as head_cells
+    from model.training.head_fit import train
 
     cells = _marked_cells([float(i) for i in range(10)])
     config = tiny_config(**{"head.epochs": 6, "head.batch_size": 4, "head.components": 3})
@@ -307,7 +307,7 @@ def test_a_stored_head_carries_its_weight_and_abnormal_bank(with_head):
 
 def test_the_head_changes_the_map_when_its_weight_is_on(with_head, tiny_data):
     inspector = Inspector.from_artifact(with_head.artifact)
-    head = inspector.branches.head
+    head = inspector.head
     head.weight.fill_(2.0)
     # the wiring, not what this 20-step head learned: p = 0.5 on every cell, no level, so the
     # boost is 0.5 everywhere and the map doubles
@@ -406,7 +406,7 @@ def test_onnx_runtime_scores_equal_torch_with_the_head(with_head, tiny_data):
 
 
 def test_a_weight_that_costs_the_synthetic_defects_is_not_eligible():
-    from model.jobs.head_fit import keep_floor
+    from model.training.head_fit import keep_floor
 
     def row(image, pixel, pro, sens, blind=0.9):
         return {"image_auroc": image, "pixel_auroc": pixel, "au_pro": pro, "blind_image_auroc": blind,
@@ -422,7 +422,7 @@ def test_a_weight_that_costs_the_synthetic_defects_is_not_eligible():
 def test_the_blind_floor_sees_a_head_that_lifts_the_goods():
     from types import SimpleNamespace
 
-    from model.jobs.head_fit import keep_floor, weight_table
+    from model.training.head_fit import keep_floor, weight_table
 
     size, n = 16, 4
     plain = torch.ones(2 * n + 1, size, size)  # goods, synthetic defects, a nuisance copy of the first good
@@ -437,8 +437,9 @@ def test_the_blind_floor_sees_a_head_that_lifts_the_goods():
     images = ValidationImages([np.zeros((size, size, 3), np.uint8)] * n, [np.zeros((size, size, 3), np.uint8)] * n,
                               masks, ["cutpaste"] * n, list(range(n)), [np.zeros((size, size, 3), np.uint8)],
                               ["blur"], [0])
-    cells = SimpleNamespace(features=None, nearest=None, gaussian=None, branch_maps=lambda: [plain])
-    inspector = SimpleNamespace(device="cpu", combiner=AnomalyMapCombiner(size, 0.0))
+    cells = SimpleNamespace(features=None, nearest=None, gaussian=None, described=lambda: {"nns": plain})
+    combiner = AnomalyMapCombiner(size, 0.0)
+    inspector = SimpleNamespace(device="cpu", final_maps=lambda d: combiner([d["nns"]]), boosted=combiner.boosted)
     config = tiny_config(**{"head.weights": [0, 4], "head.levels": ["goods"], "postprocess.top_fraction": 0.0})
     table = weight_table(inspector, head, images, cells, config)
     assert table["0.0"]["image_auroc"] == table["4.0"]["image_auroc"] == 1.0  # the defects are boosted too: 8 > 5

@@ -8,17 +8,18 @@ import pytest
 import torch
 
 from model.jobs.dataset import list_defects, list_images, read_mask
-from model.jobs.described import Recording, describe
 from model.jobs.fit import fit
-from model.jobs.head_cells import completed, roles
-from model.jobs.head_fit import fit_head
-from model.jobs.progress import silent_progress
-from model.jobs.selection import score_candidates, validation_images
+from model.reporting.progress import silent_progress
 from model.jobs.variant import fit_parts
-from model.method.synthetic_defects import FAMILIES
 from model.runtime.execution import Timer
 from model.runtime.imageio import read_image, resize_rgb
 from model.runtime.inspector import Inspector
+from model.training.described import Recording, describe
+from model.training.head_cells import completed, roles
+from model.training.head_fit import fit_head
+from model.training.synthetic_defects import FAMILIES
+from model.training.validation import score_candidates
+from model.training.validation_images import validation_images
 from tests.conftest import tiny_config
 
 AUTO = {"psg.enabled": False, "selection.min_holdout": 4, "calibration.holdout_fraction": 0.3}
@@ -94,21 +95,21 @@ def test_the_recording_equals_describing_and_leaves_the_scores_unchanged(parts, 
         recorded = score_candidates(inspectors, goods, 3, recording)
         assert all(np.array_equal(plain[n][1], recorded[n][1]) for n in inspectors)
         variant = fitted.variant(config.with_scoring(name), watch)
-        cells = recording.take(variant.features, variant.bank, variant.gaussian)
+        cells = recording.take(name, variant.features, variant.bank)
         fresh = describe(inspectors[name], goods)
         for a, b in zip(cells.__dict__.values(), fresh.__dict__.values(), strict=True):
             assert (a is None and b is None) or torch.allclose(a, b, atol=1e-5)
-        assert recording.take(variant.features, variant.bank, variant.gaussian) is None  # handed over once
+        assert recording.take(name, variant.features, variant.bank) is None  # handed over once
     recording = Recording(fitted.features, fitted.bank)
     score_candidates(inspectors, goods, 3, recording)
     other = fitted.variant(config.with_scoring("product_shift2"), watch)  # a Gaussian no candidate had
-    assert recording.take(other.features, other.bank, other.gaussian) is None
+    assert recording.take("product_shift2", other.features, other.bank) is None
     score_candidates(inspectors, goods, 3, recording)
-    assert recording.take(fitted.features, None, None) is None
+    assert recording.take("product", fitted.features, None) is None
 
 
 def test_recorded_images_are_not_described_again(parts, goods, monkeypatch):
-    import model.jobs.described as described
+    import model.training.described as described
 
     config, fitted, _ = parts
     inspector = fitted.variant(config.with_scoring("product"), Timer(torch.device("cpu"))).inspector("cpu")

@@ -1,4 +1,4 @@
-"""Short, bounded runs of the two fuzzers (the long runs are scripts; figures in BENCHMARKS.md)."""
+"""Short, bounded runs of the two fuzzers (the long runs are scripts; figures in docs/lab/issue-07-reliability.md)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from model.jobs.variant import build_feature_path
 from model.method.fusion import LayerConcat, TokenFusion, resample_pos_embed, resize_to
 from model.runtime.imageio import preprocess, read_image, resize_rgb
 from model.runtime.inspector import Inspector
-from model.method.psg import dense_loss, fine_tune, needs_training
+from model.training.psg import dense_loss, fine_tune, needs_training
 from tests.conftest import tiny_config
 
 CAIT = "cait_xxs24_224"

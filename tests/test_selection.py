@@ -10,8 +10,10 @@ from benchmarks.variants import make_variant
 from model.artifact.store import load_artifact
 from model.jobs.dataset import list_defects
 from model.jobs.fit import fit
-from model.jobs.selection import choose, choose_top_fraction, resolve, validation_images
+from model.jobs.selection import choose_top_fraction, resolve
 from model.method.config import SCORING_CANDIDATES, FitConfig
+from model.training.validation import choose
+from model.training.validation_images import validation_images
 from tests.conftest import shared_category, tiny_config
 
 AUTO = {"scoring": "auto", "selection.min_holdout": 4, "calibration.holdout_fraction": 0.3}
@@ -36,7 +38,7 @@ def test_the_rule_drops_fragile_candidates_then_takes_the_most_sensitive():
 
 def test_the_false_alarm_rate_is_reported_not_used():
     """A candidate that finds little can flag the fewest changed goods (the Gaussian on the
-    generated scene of BENCHMARKS.md); the saturating rate must not push better ones out."""
+    generated scene of docs/lab/issue-16-selection.md); the saturating rate must not push better ones out."""
     table = {"product": row(0.97, 0.5, shift=0.5), "gaussian": row(0.90, 0.1, shift=0.4)}
     assert choose(table, FitConfig()) == "product"
 
@@ -137,7 +139,7 @@ def test_a_small_folder_falls_back_to_the_product_and_says_so(tmp_path, tiny_dat
 @pytest.mark.parametrize(("kind", "right"), [("shift", "product_shift5"), ("scene", "nns")])
 def test_auto_picks_the_candidate_that_is_clearly_right(tmp_path, kind, right):
     """Real bottles made into two lines where the plain per-position Gaussian is wrong (measured
-    on the real test: BENCHMARKS.md, "Issue 16"): every image shifted by up to 5 % (no fixture;
+    on the real test: docs/lab/issue-16-selection.md): every image shifted by up to 5 % (no fixture;
     ``product_shift5`` is best on all three metrics), and an unfixtured part on a noisy dark
     background (NNS is best; the Gaussian alone loses 0.2 pixel AUROC)."""
     data = make_variant(shared_category("mvtec_ad", "bottle"), tmp_path / kind, kind)

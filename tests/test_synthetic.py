@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cli import synthetic
-from cli.synthetic import DEFECT_TYPES, KINDS, generate_category, render_sample
+from model.jobs import demo_data as synthetic
+from model.jobs.demo_data import DEFECT_TYPES, KINDS, generate_category, render_sample
 
 SIZE = 128
 SMALL = dict(n_train=4, n_test_good=2, n_test_defect=8, size=SIZE)

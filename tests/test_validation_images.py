@@ -7,10 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from cli.synthetic import render_sample
-from model.method.cutpaste import cutpaste, cutpaste_scar
-from model.method.nuisance import NUISANCES, apply_nuisance, nuisance_suite
-from model.method.synthetic_defects import (
+from model.jobs.demo_data import render_sample
+from model.training.cutpaste import cutpaste, cutpaste_scar
+from model.training.nuisance import NUISANCES, apply_nuisance, nuisance_suite
+from model.training.synthetic_defects import (
     FAMILIES,
     SIZES,
     defect_suite,

@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from model.artifact.manifest import ArtifactError
-from model.artifact.store import MANIFEST, KEEP_VERSIONS, read_manifest, validate_category, verify_files
+from model.artifact.store import KEEP_VERSIONS, MANIFEST, read_manifest, validate_category, verify_files
 
 log = logging.getLogger(__name__)
 

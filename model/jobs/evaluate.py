@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from model.jobs.dataset import GOOD, TestSample, check_both_classes, file_sha256, list_test_set, read_mask
-from model.jobs.progress import ProgressFactory, silent_progress
 from model.reporting import metrics, plots
+from model.reporting.progress import ProgressFactory, silent_progress
 from model.runtime.imageio import read_image, resize_rgb
 from model.runtime.inspector import Inspector
 

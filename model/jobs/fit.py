@@ -8,8 +8,8 @@ server uses, then thresholds) and write (atomic publish). With ``psg.enabled="au
 labelled defects, a PSG variant of the chosen scoring is fitted too, and the self-checking
 fit's rule (``model.jobs.selection``) decides which one is published; then, with
 ``head.enabled`` true or "auto", the defect head is trained on them (stage head,
-``model.jobs.head_fit``) before calibration, from the validate stage's description of the
-validation images where it has one (``model.jobs.described``).
+``model.training.head_fit``) before calibration, from the validate stage's description of the
+validation images where it has one (``model.training.described``).
 
 The CLI calls ``model.jobs.host.keep_freed_memory`` before a fit (a process-wide switch).
 """
@@ -20,8 +20,8 @@ import logging
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -45,22 +45,17 @@ from model.jobs.dataset import (
     read_mask,
     split_decodable,
 )
-from model.jobs.described import Recording
-from model.jobs.head_fit import fit_head
-from model.jobs.progress import ProgressFactory, silent_progress
-from model.jobs.selection import (
-    ValidationImages,
-    branches_needed,
-    load_validation_images,
-    select_psg,
-    select_scoring,
-)
+from model.jobs.selection import branches_needed, select_psg, select_scoring
 from model.jobs.variant import Variant, batches, fit_parts, fit_variant
 from model.method.calibration import Thresholds, calibrate_on_good, calibrate_with_defects, score_statistics
 from model.method.config import AUTO, FitConfig
 from model.reporting import metrics
+from model.reporting.progress import ProgressFactory, silent_progress
 from model.runtime.execution import Timer
 from model.runtime.inspector import Inspector
+from model.training.described import Recording
+from model.training.head_fit import fit_head
+from model.training.validation_images import ValidationImages, load_validation_images
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +179,7 @@ def attach_head(variant: Variant, images: Callable[[], ValidationImages], defect
     validation images, spares the head describing them again."""
     config = variant.config
     # taken in any case: the recording lets its batches go (a scoring without NNS takes nothing)
-    recorded = recording.take(variant.features, variant.bank, variant.gaussian) if recording else None
+    recorded = recording.take(config.scoring, variant.features, variant.bank) if recording else None
     if wants_head(config, defects):
         with watch.stage("head"):
             masks = [read_mask(d, config.image_size) if d.mask_path is not None else None for d in defects]

@@ -16,7 +16,7 @@ def keep_freed_memory() -> bool:
 
     PyTorch has no caching allocator on the CPU. Each training step's activations (tens of MB
     each) are fresh blocks that glibc maps and unmaps, so the kernel zeroes new pages on
-    every step: a third of PSG's CPU time on 2 cores (BENCHMARKS.md, "Fourth round"). The
+    every step: a third of PSG's CPU time on 2 cores (docs/lab/issue-04-psg-lgffp.md, "Fourth round"). The
     cost is that RSS stays at its peak until the process ends, which suits a fit job. Returns
     False, changing nothing, where the C library is not glibc.
     """

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.jobs.progress import ProgressFactory
 from model.method.backbone import create_feature_extractor
 from model.method.config import FitConfig
 from model.method.coreset import greedy_coreset
@@ -21,10 +20,11 @@ from model.method.features import FeaturePath, assemble, select_dims
 from model.method.fusion import TokenFusion, build_fusion, fusion_channels
 from model.method.gaussian import GaussianAccumulator, GaussianModel
 from model.method.memory_bank import MemoryBank, flatten_patches
-from model.method.psg import PSGReport, fine_tune, needs_training
+from model.reporting.progress import ProgressFactory
 from model.runtime.execution import Timer
 from model.runtime.imageio import preprocess, read_image, resize_rgb
 from model.runtime.inspector import Branches, Inspector, normalization
+from model.training.psg import PSGReport, fine_tune, needs_training
 
 
 def batches(files: Sequence[Path], size: int) -> Iterator[list[np.ndarray]]:

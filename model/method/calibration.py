@@ -110,7 +110,7 @@ def calibrate_with_defects(scores: np.ndarray, labels: np.ndarray, maps: np.ndar
 
     A few labelled defects show a few types: the F1 threshold sits just below them, and when
     they score high it would miss the types they do not show, which the false-alarm-rate
-    threshold would have caught (measured with issue 17's protocol: BENCHMARKS.md).
+    threshold would have caught (measured with issue 17's protocol: docs/lab/issue-17-defect-head.md).
 
     ``scores [N]``, ``labels [N]``, ``maps [N, H, W]``; the pixel threshold maximises pixel
     F1 against ``masks [N, H, W]``, or without masks stays at ``pixel_far`` of good pixels.

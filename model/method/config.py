@@ -11,7 +11,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-
 AUTO = "auto"
 FIXED = "config"  # scoring: the branch switches exactly as configured
 LEVELS = ("goods", "none")  # head.levels: where the defect head's boost starts
@@ -55,7 +54,7 @@ class NNSConfig:
 class GaussianConfig:
     enabled: bool = True
     # As NNSConfig.layers. The paper feeds (1, 2, 3) through CaiT; without CaiT weights,
-    # layers 1+2 at stride 4 localise best on our data (BENCHMARKS.md).
+    # layers 1+2 at stride 4 localise best on our data (docs/lab/issue-03-core.md).
     layers: tuple[int, ...] = (1, 2)
     pool_size: int = 3
     dims: int = 72  # randomly selected feature dims (all 72 of layers 1+2 for EfficientNet-Lite2)
@@ -73,7 +72,7 @@ class PSGConfig:
     comes after layer 2, so the Gaussian branch's layers 1-2 keep their ImageNet weights
     (about 6 min for bottle on 2 cores). The paper's schedule, for a GPU:
     ``psg.max_steps=0 psg.batch_size=32 psg.lr=0.0003 psg.freeze_through=0`` (64 epochs).
-    ``batch_size`` counts good images; each gives 3 views. BENCHMARKS.md compares them.
+    ``batch_size`` counts good images; each gives 3 views. docs/lab/issue-04-psg-lgffp.md compares them.
 
     ``enabled``: true, false or "auto". PSG helps textured parts (magnetic tile) and costs
     aligned ones a little localisation (bottle), so "auto" decides per category: with
@@ -158,7 +157,7 @@ class SelectionConfig:
     """
 
     # product_shift2 is available but not validated by default: it was never the best on our
-    # data and each extra tolerance costs a Gaussian finalize (BENCHMARKS.md, "Issue 16").
+    # data and each extra tolerance costs a Gaussian finalize (docs/lab/issue-16-selection.md).
     candidates: tuple[str, ...] = ("product", "product_shift5", "gaussian", "nns")
     max_images: int = 32  # held-out goods that get synthetic defects and nuisance copies
     defects_per_image: int = 1
@@ -203,7 +202,7 @@ class HeadConfig:
     hidden: int = 16  # channels of each member network
     members: int = 3  # networks averaged (defect_head.network)
     components: int = 64  # the inputs' projection the network reads (defect_head.principal_basis)
-    steps: int = 200  # 400 and 800 gave the same figures on magnetic tile (BENCHMARKS.md)
+    steps: int = 200  # 400 and 800 gave the same figures on magnetic tile (docs/lab/issue-17-defect-head.md)
     fold_steps: int = 100  # each cross-fitting head only ranks the weights, on half the goods
     # Steps are also capped at this many passes over a head's training images, so a small category
     # trains in proportion to its size: magnetic tile's 200 steps make 27 passes over its 238 images

@@ -22,7 +22,7 @@ The final map is the unsupervised map boosted by it, ``final = product x (1 + we
 not train on, with the synthetic defects of families it did not train on as a floor (and the
 image AUROC they would keep were the head blind to them), and 0 (no boost) is always a
 candidate, so the unsupervised map stays the floor unless the head beats it
-(``model.jobs.head_fit``).
+(``model.training.head_fit``).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def network(in_channels: int, hidden: int, members: int) -> nn.Sequential:
     networks (grouped convolutions after the first layer) of ``hidden`` channels, receptive field
     17 cells. Their probabilities are averaged: one network's spurious responses on good texture
     vary with its initialisation, so an ensemble at the same cost as one wider network is steadier.
-    (A learned 1x1 reduction first lost 0.02 image AUROC on magnetic tile: BENCHMARKS.md.)"""
+    (A learned 1x1 reduction first lost 0.02 image AUROC on magnetic tile: docs/lab/issue-17-defect-head.md.)"""
     width = hidden * members
     return nn.Sequential(
         nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),

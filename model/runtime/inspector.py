@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,27 @@ def normalization(backbone: nn.Module) -> tuple[list[float], list[float]]:
     return list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225)))
 
 
+class SharedMaps:
+    """The branch outputs of one batch by branch module: inspectors built on the same modules
+    compute each once (``Inspector.describe``)."""
+
+    def __init__(self) -> None:
+        self._out: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def nns(self, bank: MemoryBank, features: torch.Tensor, nearest: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Distance ``[B, h, w]`` and (when ``nearest``, else maybe None) the nearest vectors."""
+        known = self._out.get(id(bank))
+        if known is None or (nearest and known[1] is None):
+            known = bank.search(features) if nearest else (bank(features), None)
+            self._out[id(bank)] = known
+        return known
+
+    def map(self, module: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        if id(module) not in self._out:
+            self._out[id(module)] = (module(features), None)
+        return self._out[id(module)][0]
+
+
 class Inspector:
     """Feature path + branches + AMC + thresholds, on one device."""
 
@@ -88,12 +109,12 @@ class Inspector:
         self.device = torch.device(device)
         self.config = config
         self._fp32_features = self._feature_runner(frozen(features), config.image_size)
-        self.branches = branches
+        self._branches = branches
         for _, module in branches.named():
             module.to(self.device)
         if branches.head is not None:
             branches.head.to(self.device)
-        self.combiner = AnomalyMapCombiner(config.image_size, config.postprocess.sigma).to(self.device)
+        self._combiner = AnomalyMapCombiner(config.image_size, config.postprocess.sigma).to(self.device)
         self.thresholds = thresholds
         self.mean, self.std = list(mean), list(std)
         self.manifest = manifest
@@ -137,6 +158,20 @@ class Inspector:
                    m.normalization.mean, m.normalization.std, device, m, runtime=runtime)
 
     @property
+    def head(self) -> DefectHead | None:
+        """The defect head that boosts the map (None: none)."""
+        return self._branches.head
+
+    def with_head(self, head: DefectHead | None) -> Inspector:
+        """This inspector with another defect head (None: none), on the same feature path and branches."""
+        other = copy.copy(self)
+        other._branches = replace(self._branches, head=head)
+        if head is not None:
+            head.to(self.device)
+        other.configure_execution(self.precision, self._graphs is not None)
+        return other
+
+    @property
     def artifact_id(self) -> str:
         return self.manifest.artifact_id if self.manifest is not None else "unsaved"
 
@@ -159,33 +194,49 @@ class Inspector:
         """Model input ``[B, 3, S, S]`` on the device -> final maps ``[B, S, S]``; no host sync but ``stage``'s."""
         with stage("features"):
             inputs = self.branch_inputs(x)
-        return self.combine(inputs, stage)
+        head = self._branches.head
+        described = self.describe(inputs, nearest=head is not None, stage=stage)
+        boost = None
+        if head is not None:
+            with stage("head"):
+                boost = head.weight * head(inputs["nns"], described["nearest"], described.get("gaussian"))
+        with stage("amc"):
+            return self.final_maps(described, boost)
 
     def branch_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Model input ``[B, 3, S, S]`` on the device -> each branch's float32 features ``[B, C, h, w]``."""
         nns_feats, gauss_feats = (f.float() for f in self.features(x))
         return {"nns": nns_feats, "gaussian": gauss_feats}
 
-    def combine(self, inputs: dict[str, torch.Tensor], stage: Callable[[str], AbstractContextManager] = no_stage,
-                cache: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
-        """Branch features -> final maps ``[B, S, S]``. ``cache`` shares branch maps between
-        inspectors built on the same features and branch modules (the fit's candidates)."""
-        cache = {} if cache is None else cache
-        head, nearest, branch_maps = self.branches.head, None, []
-        for name, module in self.branches.named():
+    def describe(self, inputs: dict[str, torch.Tensor], shared: SharedMaps | None = None, nearest: bool = False,
+                 stage: Callable[[str], AbstractContextManager] = no_stage) -> dict[str, torch.Tensor]:
+        """Branch inputs -> this inspector's branch outputs: ``nns``, the distance to the nearest bank
+        vector ``[B, h, w]``, and with ``nearest`` that vector ``[B, C, h, w]`` (NNS branch);
+        ``gaussian``, the Mahalanobis map ``[B, h, w]`` (Gaussian branch).
+
+        ``shared``, one per batch, lets inspectors built on the same branch modules (the fit's
+        candidates, from one feature extraction) compute each output once."""
+        shared = SharedMaps() if shared is None else shared
+        out: dict[str, torch.Tensor] = {}
+        for name, module in self._branches.named():
             with stage(name):
-                if head is not None and name == "nns":
-                    cache[id(module)], nearest = module.search(inputs[name])
-                elif id(module) not in cache:
-                    cache[id(module)] = module(inputs[name])
-                branch_maps.append(cache[id(module)])
-        boost = None
-        if head is not None:
-            with stage("head"):
-                gauss = cache[id(self.branches.gaussian)] if self.branches.gaussian is not None else None
-                boost = head.weight * head(inputs["nns"], nearest, gauss)
-        with stage("amc"):
-            return self.combiner(branch_maps, boost)
+                if name == "nns":
+                    out["nns"], found = shared.nns(module, inputs["nns"], nearest)
+                    if nearest:
+                        out["nearest"] = found
+                else:
+                    out[name] = shared.map(module, inputs[name])
+        return out
+
+    def final_maps(self, described: dict[str, torch.Tensor], boost: torch.Tensor | None = None) -> torch.Tensor:
+        """This inspector's branch outputs (``describe``) -> final maps ``[B, S, S]`` (AMC), times
+        ``1 + boost`` (``[B, h, w]``, a defect head's weighted probability) when given."""
+        return self._combiner([described[name] for name, _ in self._branches.named()], boost)
+
+    def boosted(self, final: torch.Tensor, boost: torch.Tensor | None) -> torch.Tensor:
+        """Final maps without a boost ``[B, S, S]`` -> as ``final_maps`` with ``boost``: for trying
+        several boosts on one map."""
+        return self._combiner.boosted(final, boost)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB ``uint8`` images -> model input ``[B, 3, S, S]``; resized on the device when it is CUDA."""

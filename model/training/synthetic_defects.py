@@ -7,10 +7,10 @@ candidate ranks the defected images above the good ones and localises the change
 Four families (``FAMILIES``):
 
 ``cutpaste``
-    CutPaste (``model.method.cutpaste.cutpaste``): a colour-jittered rectangle cut from
+    CutPaste (``model.training.cutpaste.cutpaste``): a colour-jittered rectangle cut from
     anywhere in the image, pasted centred well inside the foreground (it may overhang it).
 ``scar``
-    CutPaste-Scar (``model.method.cutpaste.cutpaste_scar``): a thin rotated strip, its
+    CutPaste-Scar (``model.training.cutpaste.cutpaste_scar``): a thin rotated strip, its
     width and length chosen here so that its area is the requested one, pasted centred
     well inside the foreground (it may overhang it).
 ``perlin_texture``
@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from model.method.cutpaste import cutpaste, cutpaste_scar
+from model.training.cutpaste import cutpaste, cutpaste_scar
 
 FAMILIES = ("cutpaste", "scar", "perlin_texture", "perlin_patch")
 # Mask area as a fraction of the image: small, medium, large (``defect_suite`` cycles through them).

@@ -3,7 +3,7 @@ head trains and is validated on.
 
 Describing an image costs what inspecting it costs: the feature path, the NNS search (with the
 nearest normal vector) and the Gaussian map. The validate stage already runs the fit's
-validation images (``selection.ValidationImages``) through every scoring candidate's branches,
+validation images (``validation_images.ValidationImages``) through every scoring candidate's branches,
 so with labelled defects it keeps them (``Recording``), and the head stage takes the chosen
 variant's description from there (``Recording.take``) instead of describing them again. Without
 one (no choice of scoring to make, or a PSG variant chosen, whose features differ) the head
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.runtime.inspector import Inspector
+from model.runtime.inspector import Inspector, SharedMaps
 
 BORDER = (0.01, 0.5)  # cells this fraction covered by a mask are left out of the loss
 
@@ -56,9 +56,9 @@ class Cells:
         cell has no defect cell but border cells; a defect without a mask has no pixel weight."""
         return (self.target.flatten(1).amax(1) == 0) & (self.weight.flatten(1).amin(1) == 1)
 
-    def branch_maps(self) -> list[torch.Tensor]:
-        """The branch maps the Inspector's combiner takes, in its order (nns, gaussian)."""
-        return [self.distance] + ([self.gaussian] if self.gaussian is not None else [])
+    def described(self) -> dict[str, torch.Tensor]:
+        """The branch outputs ``Inspector.final_maps`` takes: ``nns`` and (when recorded) ``gaussian``."""
+        return {"nns": self.distance, **({"gaussian": self.gaussian} if self.gaussian is not None else {})}
 
     def labelled(self, masks: Sequence[np.ndarray | None] | None, owners: Sequence[int] | None = None) -> Cells:
         """These cells with the labels of ``masks`` (each ``[S, S]``; None: good images; a None
@@ -101,57 +101,52 @@ def describe(inspector: Inspector, images: Sequence[np.ndarray], masks: Sequence
     if not len(images):
         return None
     out: dict[str, list[torch.Tensor]] = {"features": [], "nearest": [], "distance": [], "gaussian": []}
-    nns, gauss = inspector.branches.nns, inspector.branches.gaussian
     for start in range(0, len(images), inspector.config.batch_size):
         inputs = inspector.branch_inputs(inspector.preprocess(images[start : start + inspector.config.batch_size])
                                          .to(inspector.device))
-        distance, nearest = nns.search(inputs["nns"])
+        described = inspector.describe(inputs, nearest=True)
         out["features"].append(inputs["nns"].cpu())
-        out["nearest"].append(nearest.cpu())
-        out["distance"].append(distance.cpu())
-        if gauss is not None:
-            out["gaussian"].append(gauss(inputs["gaussian"]).cpu())
+        out["nearest"].append(described["nearest"].cpu())
+        out["distance"].append(described["nns"].cpu())
+        if "gaussian" in described:
+            out["gaussian"].append(described["gaussian"].cpu())
     t = {k: torch.cat(v) if v else None for k, v in out.items()}
     return _good(**t).labelled(masks, owners)
 
 
 class Recording:
-    """The description of the images the validate stage scores (``selection.score_candidates``),
+    """The description of the images the validate stage scores (``validation.score_candidates``),
     under the feature path ``features`` and the memory bank ``bank`` every candidate shares, with
-    the Gaussian map of each candidate's Gaussian branch: kept as the candidates are scored."""
+    each candidate's Gaussian map: kept as the candidates are scored."""
 
     def __init__(self, features: torch.nn.Module, bank: torch.nn.Module) -> None:
         self.features, self.bank = features, bank
-        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, torch.Tensor]]] = []
-        self._gaussians: dict[int, torch.nn.Module] = {}
+        self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]] = []
+        self._candidates: set[str] = set()
 
     @torch.inference_mode()
-    def record(self, inspectors: Sequence[Inspector], inputs: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Describe one batch of branch ``inputs`` and return the branch maps, by module, as the
-        cache ``Inspector.combine`` takes: the search is not run twice."""
-        distance, nearest = self.bank.search(inputs["nns"])
-        cache = {id(self.bank): distance}
-        for inspector in inspectors:
-            g = inspector.branches.gaussian
-            if g is not None and id(g) not in cache:
-                self._gaussians[id(g)] = g
-                cache[id(g)] = g(inputs["gaussian"])
-        maps = {key: cache[key].cpu() for key in self._gaussians if key in cache}
-        self._parts.append((inputs["nns"].cpu(), nearest.cpu(), distance.cpu(), maps))
-        return cache
+    def record(self, inspectors: dict[str, Inspector], inputs: dict[str, torch.Tensor], shared: SharedMaps) -> None:
+        """Describe one batch of branch ``inputs`` through the named candidates (their outputs stay in
+        ``shared``, so scoring them runs no search or Gaussian twice)."""
+        described = {name: inspector.describe(inputs, shared, nearest=True) for name, inspector in inspectors.items()}
+        nns = next(d for d in described.values() if "nns" in d)  # every candidate with NNS shares the bank
+        on_host: dict[int, torch.Tensor] = {}  # candidates sharing a Gaussian share its map
+        maps = {name: on_host.setdefault(id(d["gaussian"]), d["gaussian"].cpu())
+                for name, d in described.items() if "gaussian" in d}
+        self._parts.append((inputs["nns"].cpu(), nns["nearest"].cpu(), nns["nns"].cpu(), maps))
+        self._candidates.update(inspectors)
 
-    def take(self, features: torch.nn.Module, bank: torch.nn.Module | None,
-             gaussian: torch.nn.Module | None) -> Cells | None:
-        """The recorded images' cells (as good images) under these modules, None when nothing was
-        recorded under them. The recording is empty after: its memory goes to the cells."""
+    def take(self, scoring: str, features: torch.nn.Module, bank: torch.nn.Module | None) -> Cells | None:
+        """The recorded images' cells (as good images) of the candidate ``scoring`` under these
+        modules, None when nothing was recorded of them. The recording is empty after: its memory
+        goes to the cells."""
         parts, self._parts = self._parts, []
-        if not parts or features is not self.features or bank is not self.bank or (
-                gaussian is not None and self._gaussians.get(id(gaussian)) is not gaussian):
+        if not parts or scoring not in self._candidates or features is not self.features or bank is not self.bank:
             return None
         feats, nearest, distance, maps = zip(*parts, strict=True)
         del parts
         return _good(torch.cat(feats), torch.cat(nearest), torch.cat(distance),
-                     torch.cat([m[id(gaussian)] for m in maps]) if gaussian is not None else None)
+                     torch.cat([m[scoring] for m in maps]) if scoring in maps[0] else None)
 
 
 class Describer:

@@ -1,11 +1,11 @@
 """PSG (pseudo-sample generation): fine-tune the feature path on a 3-way task.
 
 Every good image gives three views: itself, a CutPaste and a CutPaste-Scar copy
-(``model.method.cutpaste``). A small head on the globally pooled features learns to tell them
+(``model.training.cutpaste``). A small head on the globally pooled features learns to tell them
 apart; the gradient reaches the backbone (``psg.enabled``) and the LGFFP fusion blocks
 (``fusion.enabled``). The head is thrown away afterwards: only the features are kept.
 
-Two optional terms (BENCHMARKS.md, "Second round"): ``psg.anchor`` keeps the good views'
+Two optional terms (docs/lab/issue-04-psg-lgffp.md, "Second round"): ``psg.anchor`` keeps the good views'
 trained-layer features near their start, and ``fusion.dense_loss`` has a 1x1 head on the
 fused map predict which cells the CutPaste views changed.
 """
@@ -26,11 +26,11 @@ from torch import nn
 
 from model.method.backbone import frozen
 from model.method.config import FitConfig
-from model.method.cutpaste import NORMAL, pseudo_views
 from model.method.features import FeaturePath
 from model.method.fusion import TokenFusion
+from model.reporting.progress import ProgressFactory, silent_progress
 from model.runtime.imageio import preprocess
-from model.jobs.progress import ProgressFactory, silent_progress
+from model.training.cutpaste import NORMAL, pseudo_views
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 defects, the goods that carry a pasted defect, and the fit's validation images dealt to the
 parts a head trains on, sets its level on and is validated on (``Pool``).
 
-Every image is described once through the fitted variant (``model.jobs.described``: the
+Every image is described once through the fitted variant (``model.training.described``: the
 validate stage's description where it has one); the head's inputs for any abnormal bank (each
 cross-fitting fold has its own) are then built from that description without another pass
 (``input_chunks``).
@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.jobs.described import Cells, Describer, describe, grid_cover
-from model.jobs.selection import ValidationImages, made_images
 from model.method.config import FitConfig
 from model.method.coreset import greedy_coreset
 from model.method.defect_head import cell_inputs
-from model.method.synthetic_defects import FAMILIES
 from model.runtime.inspector import Inspector
+from model.training.described import Cells, Describer, describe, grid_cover
+from model.training.synthetic_defects import FAMILIES
+from model.training.validation_images import ValidationImages, made_images
 
 
 def abnormal_bank(shots: Cells, masks: Sequence[np.ndarray | None], inside: float,

@@ -12,9 +12,9 @@ none; ``candidates``): ``head.folds``-fold cross-fitting over the shots. For eac
 trained on the other shots, on part A of the goods and on half of the synthetic families
 (``FAMILY_SPLIT``, alternating between folds): a cheaper head than the published one
 (``head.fold_members`` networks, ``head.fold_steps`` steps), since it only ranks the weights
-(one network and 100 steps gave the protocol's figures of three and 150: BENCHMARKS.md). Then
+(one network and 100 steps gave the protocol's figures of three and 150: docs/lab/issue-17-defect-head.md). Then
 every weight of ``head.weights``, at every level, is validated by the self-checking fit's
-figures and rule (``model.jobs.selection``) on the other half of the goods, the synthetic
+figures and rule (``model.training.validation``) on the other half of the goods, the synthetic
 defects of the families that head did not train on, nuisance copies, and the fold's shots as
 the labelled defects. The figures are averaged over folds, so every family is scored by a head
 that never saw it: those stand for the defect types no shot shows. A weight must first keep
@@ -22,13 +22,13 @@ that floor: on those synthetic defects, none of image AUROC, pixel AUROC and AU-
 more than ``head.floor_margin`` below weight 0's. Nor may the image AUROC of every synthetic
 defect, unboosted, against the boosted goods (``blind_image_auroc``): a type the head does not
 recognise at all gains nothing, while the boost still lifts the goods wherever the head fires on
-them, which is how a head costs unseen types (BENCHMARKS.md, the eighth round: a head trained on
+them, which is how a head costs unseen types (docs/lab/issue-17-defect-head.md, the eighth round: a head trained on
 one type of rotated tiles lost 0.009 image AUROC on the others while every synthetic figure
 rose). Weight 0 (the unsupervised map) comes first, then the weights at the level on good
 parts, so a tie keeps the head off, or silent on good parts. The published head is then trained
 on all of them, every family included. Every image is described once (``head_cells.Pool``), for
 the folds and the published head alike: the fit's validation images, described already by the
-validate stage when it ran (``model.jobs.described``), and the pasted goods.
+validate stage when it ran (``model.training.described``), and the pasted goods.
 
 Every head, the folds' and the published one, has its level on good parts (``good_level``) set
 on a part of the goods that no head trains on or is validated on (``Pool.level``). At that level
@@ -49,15 +49,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.jobs.described import Cells
-from model.jobs.head_cells import Pool, abnormal_bank, completed, describe_pool, input_chunks
-from model.jobs.selection import PSG_FAMILIES, RULE, ValidationImages, choose, figures, fraction_scores
 from model.method.config import FitConfig
 from model.method.defect_head import DefectHead, principal_basis
-from model.method.synthetic_defects import FAMILIES
 from model.reporting import metrics
 from model.runtime.execution import to_host
 from model.runtime.inspector import Inspector
+from model.training.described import Cells
+from model.training.head_cells import Pool, abnormal_bank, completed, describe_pool, input_chunks
+from model.training.synthetic_defects import FAMILIES
+from model.training.validation import PSG_FAMILIES, RULE, choose, figures, fraction_scores
+from model.training.validation_images import ValidationImages
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImage
     against the boosted goods: what a defect type the head does not recognise at all would keep,
     since the boost still lifts the goods wherever the head fires on them."""
     p = head.probability_of(cells.features, cells.nearest, cells.gaussian).to(inspector.device)
-    plain = inspector.combiner([m.to(inspector.device) for m in cells.branch_maps()])  # every candidate boosts it
+    plain = inspector.final_maps({k: m.to(inspector.device) for k, m in cells.described().items()})  # boosted below
     goods, defects = (slice(r.start, r.stop) for r in images.spans()[:2])
     unboosted = fraction_scores(to_host(plain[defects]), config.postprocess.image_top_fraction)
     labels = np.r_[np.zeros(len(images.goods)), np.ones(len(images.defects))]
@@ -160,7 +161,7 @@ def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImage
     for key in candidates(config):
         w, level = candidate(key)
         boost = w * head.excess(p, boost_start(head, level)) if w else None
-        maps = to_host(inspector.combiner.boosted(plain, boost))
+        maps = to_host(inspector.boosted(plain, boost))
         scores = fraction_scores(maps, config.postprocess.image_top_fraction)
         table[key] = figures(scores, maps, images, config, leave_out)
         table[key]["blind_image_auroc"] = (metrics.auroc(np.r_[scores[goods], unboosted], labels)
@@ -230,7 +231,7 @@ def fit_head(inspector: Inspector, made: ValidationImages, shot_masks: Sequence[
     """The head to publish, with its weight (None when the weight chosen is 0: nothing to train or
     store), and the manifest's ``fit.head`` record. ``made``: the fit's validation images, the
     labelled defects among them; ``recorded``: the cells of ``made.all`` from the validate
-    stage (``model.jobs.described``), None to describe them here."""
+    stage (``model.training.described``), None to describe them here."""
     start = time.perf_counter()
     n_shots = len(made.labelled)
     choosing = len(config.head.weights) > 1

@@ -1,4 +1,4 @@
-"""Synthetic industrial inspection data in MVTec AD layout (offline demo and tests).
+"""Synthetic industrial inspection data in MVTec AD layout (the offline demo, cluster demo, tests and benchmarks).
 
 The project cannot ship real images, so the embedded demo and the tests use this small,
 fast and fully deterministic generator. ``generate_category`` writes one category::
@@ -44,6 +44,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from model.jobs.dataset import list_images
 
 log = logging.getLogger(__name__)
 
@@ -585,3 +587,13 @@ def generate_category(
         kind, root, n_train, n_test_good, n_test_defect, size, seed, time.perf_counter() - t0,
     )
     return root
+
+
+def pick_images(data: Path) -> list[Path]:
+    """One defective and one good test image (the first of each, by name)."""
+    test = data / "test"
+    defect_dirs = sorted(p for p in test.iterdir() if p.is_dir() and p.name != "good")
+    picks = [list_images(defect_dirs[0])[0]] if defect_dirs else []
+    if (test / "good").is_dir():
+        picks.append(list_images(test / "good")[0])
+    return picks
