@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON_BIN:-}" ]; then
-    bash scripts/setup.sh
+    bash scripts/setup.sh cluster,test
     PYTHON_BIN=.venv/bin/python
 fi
 export PATH="$(cd "$(dirname "$PYTHON_BIN")" && pwd):$PATH" RAY_USAGE_STATS_ENABLED=0
