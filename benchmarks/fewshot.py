@@ -166,11 +166,11 @@ def run(args: argparse.Namespace) -> dict:
                 cal_maps = final_maps(inspector, cal_cells, head)
                 cal_masks = np.concatenate([np.zeros((len(goods), size, size), bool), masks[shots]])
                 cal_labels, cal_scores = np.r_[np.zeros(len(goods)), np.ones(len(shots))], scores_of(cal_maps, inspector)
-                thresholds = calibrate_with_defects(cal_scores, cal_labels, cal_maps, cal_masks,
-                                                    cfg.calibration.image_false_alarm_rate,
-                                                    cfg.calibration.pixel_false_alarm_rate)
+                thresholds, _ = calibrate_with_defects(cal_scores, cal_labels, cal_maps, cal_masks,
+                                                       cfg.calibration.image_false_alarm_rate,
+                                                       cfg.calibration.pixel_false_alarm_rate)
                 uncapped = (best_f1_threshold(cal_scores, cal_labels)[0],
-                            best_f1_threshold(cal_maps, cal_masks)[0])  # F1 alone, before the cap
+                            best_f1_threshold(cal_maps, cal_masks)[0])  # F1 alone
                 row = {"regime": regime, "k": k, "seed": seed, "shots": [str(samples[i].path.name) for i in shots],
                        "hard_type": hard_type, "weight": record["weight"], "level": record["level"],
                        "head_seconds": round(head_seconds, 1),

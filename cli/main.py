@@ -77,6 +77,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(f"           chosen by the same rule, without the {left_out} defects PSG trains on:")
         _print_table(report.psg_selection)
     _print_head(report.head)
+    _print_thresholds(report.thresholds, report.with_defects)
     print(f"bank       {report.bank_size} vectors (of {report.n_patches} patches)")
     print(f"size       {report.artifact_bytes / 1e6:.1f} MB")
     print("seconds    " + ", ".join(f"{k} {v:.1f}" for k, v in report.seconds.items()))
@@ -115,6 +116,19 @@ def _print_head(record: dict | None) -> None:
         print(f"           boosts {where}")
     if record.get("note"):
         print(f"           {record['note']}")
+
+
+def _print_thresholds(thresholds, with_defects: dict | None) -> None:
+    if thresholds is None:
+        return
+    print(f"thresholds image {thresholds.image:.4g}, pixel {thresholds.pixel:.4g} ({thresholds.method})")
+    if with_defects:
+        far, f1 = with_defects["far"], with_defects["f1"]
+        pixel_f1 = f" (F1 {f1['pixel_f1']:.3f})" if f1["pixel_f1"] is not None else ""
+        print(f"           false-alarm target on the goods: image {far['image']:.4g}, pixel {far['pixel']:.4g}"
+              f"{'  <- used' if with_defects['policy'] == 'far' else ''}")
+        print(f"           best F1 with the labelled defects: image {f1['image']:.4g} (F1 {f1['image_f1']:.3f}), "
+              f"pixel {f1['pixel']:.4g}{pixel_f1}{'  <- used' if with_defects['policy'] == 'f1' else ''}")
 
 
 def _print_selection(selection: dict | None) -> None:

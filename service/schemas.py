@@ -33,7 +33,8 @@ class ImageResult(Finite):
     filename: str | None = Field(None, description="the multipart part's filename, when given")
     width: int = Field(description="input width; heatmap, mask and overlay have this size")
     height: int
-    score: float = Field(description="raw image score (max of the anomaly map)")
+    score: float = Field(description="raw image score: the maximum of the anomaly map, or the mean of its top "
+                         "fraction of pixels (image_top_fraction of the category, chosen by the fit)")
     normalized_score: float = Field(description="score mapped to [0, 1]; 0.5 is the threshold")
     threshold: float = Field(description="image threshold used (calibrated, or the request's override)")
     pixel_threshold: float = Field(description="calibrated map threshold behind mask and regions")
@@ -103,6 +104,9 @@ class ManifestSummary(BaseModel):
     validation: dict[str, float | None] | None = Field(
         None, description="image AUROC, pixel AUROC and AU-PRO on the held-out goods plus those defects"
     )
+    thresholds_with_defects: dict[str, Any] | None = Field(
+        None, description="with labelled defects: the goods' false-alarm-rate thresholds, those that maximise F1 on the "
+        "goods plus the defects, and which the artifact uses (policy: far unless the fit asked for f1)")
     versions: dict[str, str] = Field(default_factory=dict)
     holdout_scores: dict[str, float] = Field(
         default_factory=dict, description="raw image scores of the fit's held-out good parts: count, mean, std, min, "

@@ -18,6 +18,8 @@ from model.method.config import FitConfig
 from model.jobs.dataset import file_sha256, list_defects
 from model.jobs.evaluate import evaluate
 from model.jobs import selection
+from model.training import validation
+from model.training.validation_images import validation_images
 from model.jobs.fit import fit
 from model.jobs.variant import build_feature_path
 from model.runtime.inspector import Inspector
@@ -51,7 +53,7 @@ def test_list_defects_takes_the_defect_folders_with_their_masks(tiny_data, tmp_p
         list_defects(nomasks)
 
 
-def test_f1_thresholds_separate_goods_and_defects_but_never_exceed_the_false_alarm_ones():
+def test_with_defects_the_thresholds_keep_the_false_alarm_target_and_record_f1s():
     rng = np.random.default_rng(0)
     labels = np.array([0] * 6 + [1] * 3)
     scores = np.r_[rng.uniform(1, 2, 6), rng.uniform(3, 4, 3)]
@@ -59,18 +61,22 @@ def test_f1_thresholds_separate_goods_and_defects_but_never_exceed_the_false_ala
     masks = np.zeros_like(maps, dtype=bool)
     masks[6:, 2:4, 2:4] = True
     maps[masks] += 2
-    t = calibrate_with_defects(scores, labels, maps, masks, image_far=0.01, pixel_far=0.01)
     far = calibrate_on_good(scores[:6], maps[:6], 0.01, 0.01)
-    best = best_f1_threshold(scores, labels)[0], best_f1_threshold(maps, masks)[0]
-    assert (t.image, t.pixel) == (min(best[0], far.image), min(best[1], far.pixel))
-    assert far.pixel < best[1] and t.pixel == far.pixel  # the defects score high: the cap binds
-    assert t.method.startswith("f1(image,pixel) capped at far")
-    subtle = maps.copy()
-    subtle[masks] = 0.95  # below the goods' top 1 %: F1 sets a threshold below the cap
-    s = calibrate_with_defects(scores, labels, subtle, masks, image_far=0.01, pixel_far=0.01)
-    assert s.pixel == best_f1_threshold(subtle, masks)[0] < calibrate_on_good(scores[:6], subtle[:6], 0.01, 0.01).pixel
-    no_masks = calibrate_with_defects(scores, labels, maps, None, image_far=0.01, pixel_far=0.01)
-    assert no_masks.image == t.image and no_masks.pixel == far.pixel and "far(pixel=0.01)" in no_masks.method
+    best = best_f1_threshold(scores, labels), best_f1_threshold(maps, masks)
+    t, record = calibrate_with_defects(scores, labels, maps, masks, image_far=0.01, pixel_far=0.01)
+    assert (t.image, t.pixel, t.scale) == (far.image, far.pixel, far.scale) and t.method.startswith("far(")
+    assert record == {"policy": "far", "far": {"image": far.image, "pixel": far.pixel},
+                      "f1": {"image": best[0][0], "image_f1": best[0][1], "pixel": best[1][0], "pixel_f1": best[1][1]}}
+    # defects scoring below the goods' extrapolated tail: F1 would lower the image threshold, "far" never does
+    low = np.r_[scores[:6], scores[:6].max() - [0.05, 0.1, 0.2]]
+    t_low, r_low = calibrate_with_defects(low, labels, maps, masks, image_far=0.01, pixel_far=0.01)
+    assert r_low["f1"]["image"] < t_low.image == calibrate_on_good(low[:6], maps[:6], 0.01, 0.01).image
+    asked, r_asked = calibrate_with_defects(low, labels, maps, masks, image_far=0.01, pixel_far=0.01, policy="f1")
+    assert (asked.image, asked.pixel) == (r_low["f1"]["image"], r_low["f1"]["pixel"]) and r_asked["policy"] == "f1"
+    no_masks, r_none = calibrate_with_defects(scores, labels, maps, None, image_far=0.01, pixel_far=0.01, policy="f1")
+    assert no_masks.pixel == far.pixel and r_none["f1"]["pixel_f1"] is None and "far(pixel=0.01)" in no_masks.method
+    with pytest.raises(ValueError, match="with_defects"):
+        calibrate_with_defects(scores, labels, maps, masks, 0.01, 0.01, policy="min")
 
 
 def test_the_psg_table_leaves_out_the_families_psg_trains_on():
@@ -78,18 +84,18 @@ def test_the_psg_table_leaves_out_the_families_psg_trains_on():
     config = FitConfig()
     rng = np.random.default_rng(0)
     goods = [rng.integers(60, 200, (64, 64, 3), dtype=np.uint8) for _ in range(12)]
-    images = selection.validation_images(goods, config.with_overrides({"selection.defects_per_image": 2}))
+    images = validation_images(goods, config.with_overrides({"selection.defects_per_image": 2}))
     n_good, families = len(images.goods), np.array(images.defect_families)
     n = len(images.all)
     scores = np.ones(n)
     scores[:n_good] = np.linspace(0.5, 1.5, n_good)
-    scores[n_good: n_good + len(families)] = np.where(np.isin(families, selection.PSG_FAMILIES), 9.0, 0.1)
+    scores[n_good: n_good + len(families)] = np.where(np.isin(families, validation.PSG_FAMILIES), 9.0, 0.1)
     maps = np.zeros((n, 64, 64), np.float32)
-    every = selection.figures(scores, maps, images, config)
-    other = selection.figures(scores, maps, images, config, leave_out=selection.PSG_FAMILIES)
+    every = validation.figures(scores, maps, images, config)
+    other = validation.figures(scores, maps, images, config, leave_out=validation.PSG_FAMILIES)
     assert every["image_auroc"] == pytest.approx(0.5, abs=0.01)  # half the defects found, half missed
     assert other["image_auroc"] == 0.0  # only the missed families remain
-    assert set(families) - set(selection.PSG_FAMILIES)
+    assert set(families) - set(validation.PSG_FAMILIES)
 
 
 def test_psg_enabled_accepts_only_true_false_or_auto():
@@ -130,7 +136,9 @@ def test_auto_with_defects_fits_both_and_publishes_the_chosen_one(tiny_data, tmp
     assert m["config"]["psg"]["enabled"] is keep_psg and report.psg is keep_psg
     chosen_on_labelled = calls[0][record["chosen"]]["labelled"]
     assert m["calibration"]["validation"] == pytest.approx(chosen_on_labelled, abs=1e-6)
-    assert m["calibration"]["thresholds"]["method"].startswith("f1(image,pixel) capped")
+    assert m["calibration"]["thresholds"]["method"].startswith("far(")  # F1's recorded, not used
+    assert m["calibration"]["with_defects"]["policy"] == "far"
+    assert m["calibration"]["with_defects"]["far"]["image"] == m["calibration"]["thresholds"]["image"]
     assert m["training"]["defects"]["sha256"] == [file_sha256(d.path) for d in defects]
     untrained, _, _ = build_feature_path(config.with_overrides({"psg.enabled": False}))
     published = load_artifact(report.artifact).tensors["backbone"]
@@ -138,11 +146,16 @@ def test_auto_with_defects_fits_both_and_publishes_the_chosen_one(tiny_data, tmp
     assert same is not keep_psg
 
 
-def test_fixed_psg_setting_with_defects_fits_once_with_f1_thresholds(tiny_data, tmp_path, defects):
-    report = fit(tiny_data, "off", tmp_path, tiny_config(**{"psg.enabled": False}), defects=defects)
+def test_fixed_psg_setting_with_defects_fits_once_and_publishes_f1_thresholds_when_asked(tiny_data, tmp_path,
+                                                                                          defects):
+    report = fit(tiny_data, "off", tmp_path, tiny_config(**{"psg.enabled": False,
+                                                            "calibration.with_defects": "f1"}), defects=defects)
     m = manifest_of(report)
     assert m["fit"]["psg_selection"] is None and "psg" not in m["fit"]["seconds"]
-    assert m["calibration"]["thresholds"]["method"].startswith("f1(image,pixel) capped")
+    assert m["calibration"]["thresholds"]["method"] == "f1(image,pixel)"
+    record = m["calibration"]["with_defects"]
+    assert record["policy"] == "f1" and m["calibration"]["thresholds"]["image"] == record["f1"]["image"]
+    assert report.with_defects == record and report.thresholds.image == record["f1"]["image"]
     assert set(m["calibration"]["validation"]) == {"image_auroc", "pixel_auroc", "au_pro"}
 
 
@@ -158,7 +171,8 @@ def test_evaluate_leaves_out_the_fit_defects(tiny_data, tmp_path, defects):
         summary = client.get("/categories/d").json()["manifest"]
     assert summary["labelled_defects"] == len(defects)
     assert summary["validation"] == inspector.manifest.calibration.validation
-    assert summary["thresholds"]["method"].startswith("f1(image,pixel) capped")
+    assert summary["thresholds"]["method"].startswith("far(")
+    assert summary["thresholds_with_defects"] == inspector.manifest.calibration.with_defects
     record = inspector.manifest.fit.psg_selection
     assert summary["psg_selection"] == record and set(record["candidates"]) == {"without_psg", "with_psg"}
     assert summary["image_top_fraction"] == inspector.manifest.config.postprocess.top_fraction == 0.0  # fallback

@@ -61,6 +61,7 @@ class CalibrationRecord:
     thresholds: Thresholds
     holdout_scores: dict[str, float]  # count, mean, std, min, p50, p95, max of the held-out goods
     validation: dict[str, float | None] | None = None  # with labelled defects: image/pixel AUROC, AU-PRO
+    with_defects: dict[str, Any] | None = None  # with labelled defects: both thresholds and the policy applied
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ def _parse(d: dict[str, Any]) -> Manifest:
             thresholds=Thresholds(**calibration["thresholds"]),
             holdout_scores=dict(calibration["holdout_scores"]),
             validation=calibration.get("validation"),
+            with_defects=calibration.get("with_defects"),
         ),
         fit=FitRecord(**fit),
         files=dict(d["files"]),

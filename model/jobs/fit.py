@@ -74,6 +74,8 @@ class FitReport:
     psg_selection: dict | None = None  # with psg.enabled="auto" and labelled defects
     selection: dict | None = None  # the scoring choice (selection.select_scoring)
     head: dict | None = None  # the defect head (head_fit.fit_head), with labelled defects
+    thresholds: Thresholds | None = None  # published
+    with_defects: dict | None = None  # with labelled defects: the false-alarm and F1 thresholds, and which is used
     skipped: list[str] = field(default_factory=list)  # undecodable training images left out
 
 
@@ -207,14 +209,15 @@ def check_head(config: FitConfig, defects: Sequence[TestSample]) -> None:
         raise ValueError("head.enabled=true needs labelled defects: pass fit --defects <dir>")
 
 
-def calibrate(chosen: Candidate, validation: Validation, config: FitConfig, has_defects: bool) -> Thresholds:
-    """F1 thresholds (capped at the false-alarm-rate ones) with labelled defects, target
-    false-alarm rates without."""
+def calibrate(chosen: Candidate, validation: Validation, config: FitConfig,
+              has_defects: bool) -> tuple[Thresholds, dict | None]:
+    """Target false-alarm-rate thresholds on the held-out goods; with labelled defects F1's are
+    computed too and recorded beside them (``calibration.with_defects`` says which is published)."""
     cal = config.calibration
     if has_defects:
         return calibrate_with_defects(chosen.scores, validation.labels, chosen.maps, validation.masks,
-                                      cal.image_false_alarm_rate, cal.pixel_false_alarm_rate)
-    return calibrate_on_good(chosen.scores, chosen.maps, cal.image_false_alarm_rate, cal.pixel_false_alarm_rate)
+                                      cal.image_false_alarm_rate, cal.pixel_false_alarm_rate, cal.with_defects)
+    return calibrate_on_good(chosen.scores, chosen.maps, cal.image_false_alarm_rate, cal.pixel_false_alarm_rate), None
 
 
 def defects_record(defects: Sequence[TestSample]) -> DefectsRecord:
@@ -273,7 +276,7 @@ def fit(
     best, selection, psg_selection, head_record = fit_chosen(config, fit_files, validation, defects, device,
                                                              progress, watch)
     with watch.stage("calibrate"):
-        thresholds = calibrate(best, validation, config, bool(defects))
+        thresholds, with_defects = calibrate(best, validation, config, bool(defects))
     manifest = Manifest(
         category=category,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -284,7 +287,8 @@ def fit(
                           n_holdout=len(hold_files), holdout_files=[f.name for f in hold_files],
                           fingerprint=fingerprint(files), defects=defects_record(defects) if defects else None,
                           skipped=skipped),
-        calibration=CalibrationRecord(thresholds, score_statistics(best.scores[validation.labels == 0]), best.block),
+        calibration=CalibrationRecord(thresholds, score_statistics(best.scores[validation.labels == 0]), best.block,
+                                      with_defects),
         fit=FitRecord(device=device, n_patches=best.variant.n_patches, bank_size=best.variant.bank_size,
                       seconds={k: round(v / 1000, 3) for k, v in watch.ms.items()},
                       psg=best.variant.psg.to_dict() if best.variant.psg is not None else None,
@@ -314,4 +318,6 @@ def report(path: Path, manifest: Manifest, watch: Timer, n_defects: int) -> FitR
         psg_selection=manifest.fit.psg_selection,
         selection=manifest.fit.selection,
         head=manifest.fit.head,
+        thresholds=manifest.calibration.thresholds,
+        with_defects=manifest.calibration.with_defects,
     )

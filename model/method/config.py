@@ -145,6 +145,9 @@ class CalibrationConfig:
     min_holdout: int = 4
     image_false_alarm_rate: float = 0.01  # target fraction of good parts flagged
     pixel_false_alarm_rate: float = 0.001  # target fraction of good pixels in the mask
+    # With labelled defects: "far" keeps the thresholds above (F1's recorded beside them), "f1"
+    # publishes F1's on the goods plus the defects, which may flag more good parts.
+    with_defects: str = "far"
 
 
 @dataclass
@@ -266,6 +269,8 @@ class FitConfig:
             raise ValueError(f"postprocess.top_fraction must be {AUTO!r} or a number in [0, 0.5], and "
                              f"selection.top_fractions such numbers, got {self.postprocess.top_fraction!r} and "
                              f"{self.selection.top_fractions!r}")
+        if self.calibration.with_defects not in ("far", "f1"):
+            raise ValueError(f"calibration.with_defects must be 'far' or 'f1', got {self.calibration.with_defects!r}")
         for name in ("psg", "head"):
             if not (isinstance(getattr(self, name).enabled, bool) or getattr(self, name).enabled == AUTO):
                 raise ValueError(f"{name}.enabled must be true, false or {AUTO!r}, got {getattr(self, name).enabled!r}")

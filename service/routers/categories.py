@@ -49,6 +49,7 @@ def manifest_summary(manifest: Manifest) -> ManifestSummary:
         training_fingerprint=training.fingerprint,
         labelled_defects=training.defects.n if training.defects is not None else 0,
         validation=manifest.calibration.validation,
+        thresholds_with_defects=manifest.calibration.with_defects,
         versions=manifest.versions,
         holdout_scores=manifest.calibration.holdout_scores,
         scoring=fit.selection,
