@@ -22,11 +22,21 @@
 #   docker build -t factory-inspect .
 #   docker run --gpus all -p 8000:8000 -v "$PWD/artifacts:/artifacts:ro" factory-inspect
 #   docker build --target ray -t factory-inspect-ray:latest .
+#
+# CPU smoke (scripts/docker_smoke.sh, issue 37): the same install on a locally made Debian 12
+# base (BASE_IMAGE=factory-inspect-base:bookworm, debootstrap + docker import), with pip pointed
+# at a local wheelhouse served on loopback by the PIP_* build arguments below. They are
+# build-time only: nothing of them stays in the image, and without them pip uses PyPI.
 
 ARG BASE_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
 FROM ${BASE_IMAGE} AS runtime
 
 ARG ONNXRUNTIME_GPU_VERSION=1.31.1
+# Unset unless given with --build-arg (then pip reads them from the environment of each RUN).
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ARG PIP_TRUSTED_HOST
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -49,14 +59,12 @@ RUN apt-get update \
 WORKDIR /opt/factory-inspect
 
 # Dependencies first (cached while only the code changes): every runtime dependency
-# of pyproject.toml, the offline backbone weights, onnx, and onnxruntime-gpu.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-extra = p['optional-dependencies']; \
-deps = p['dependencies'] + extra['backbones'] + [d for d in extra['onnx'] if not d.startswith('onnxruntime')]; \
-open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
+# of pyproject.toml, the offline backbone weights, onnx, and onnxruntime-gpu
+# (docker/requirements.py makes the list from pyproject.toml).
+COPY pyproject.toml docker/requirements.py ./
+RUN python requirements.py pyproject.toml runtime "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" > /tmp/requirements.txt \
     && pip install --upgrade pip \
-    && pip install -r /tmp/requirements.txt "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" \
+    && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
 # The project itself, from its own files.
@@ -73,12 +81,15 @@ RUN useradd --system --uid 10001 --create-home --home-dir /home/inspect inspect 
 
 # Cluster mode (KubeRay): Ray Serve and boto3 from the `cluster` extra of pyproject.toml.
 FROM runtime AS ray
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_NO_INDEX
+ARG PIP_TRUSTED_HOST
 USER root
 RUN apt-get update \
     && apt-get install -y --no-install-recommends wget \
     && rm -rf /var/lib/apt/lists/*
-RUN python -c "import tomllib; extra = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; \
-open('/tmp/cluster.txt', 'w').write('\n'.join(extra['cluster']) + '\n')" \
+RUN python requirements.py pyproject.toml ray > /tmp/cluster.txt \
     && pip install -r /tmp/cluster.txt \
     && rm /tmp/cluster.txt \
     && python -c "import ray, boto3, cluster.deployment; print('ray', ray.__version__)"
