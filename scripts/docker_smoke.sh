@@ -49,7 +49,9 @@ PASSED=0
 FAILED=0
 PIDS=()
 STARTED_DOCKERD=""
+STEP_LOG=""  # the log of the step under way: its tail is printed on failure
 T_START=$(date +%s.%N)
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log() { printf '\n== %s\n' "$*"; }
 now() { date +%s.%N; }
@@ -72,16 +74,19 @@ checks() { "$PY" scripts/docker_smoke.py "$@"; }
 diagnostics() {
     echo "---- diagnostics (work folder $WORK)" >&2
     "$DOCKER" ps -a >&2 2>&1 || true
-    for c in $("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$PROJECT" 2>/dev/null) \
-             $("$DOCKER" ps -aq --filter "name=$PROJECT-" 2>/dev/null); do
+    for c in $( ("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$PROJECT";
+                 "$DOCKER" ps -aq --filter "name=$PROJECT-") 2>/dev/null | sort -u); do
         echo "---- logs of $("$DOCKER" inspect -f '{{.Name}} {{.State.Status}} exit={{.State.ExitCode}}' "$c")" >&2
-        "$DOCKER" logs --tail 60 "$c" 2>&1 | tr '\r' '\n' | tail -60 >&2 || true
+        "$DOCKER" logs --tail 30 "$c" 2>&1 | tr '\r' '\n' | tail -30 >&2 || true
     done
-    for f in "$WORK"/*.log; do
-        [ -f "$f" ] || continue
-        echo "---- $f (last 40 lines)" >&2
-        tr '\r' '\n' <"$f" | tail -40 >&2
-    done
+    if [ -n "$STEP_LOG" ] && [ -f "$STEP_LOG" ]; then
+        echo "---- $STEP_LOG (last 40 lines)" >&2
+        tr '\r' '\n' <"$STEP_LOG" | tail -40 >&2
+    fi
+    if [ -f "$WORK/dockerd.log" ]; then
+        echo "---- dockerd.log (last 15 lines, gRPC chatter left out)" >&2
+        grep -v 'module=grpc' "$WORK/dockerd.log" | tail -15 >&2
+    fi
 }
 
 cleanup() {
@@ -125,6 +130,7 @@ missing=()
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "apt-get install ${missing[*]}"
+    STEP_LOG=$WORK/apt.log
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >"$WORK/apt.log" 2>&1 \
         || die "apt-get install ${missing[*]} failed (see $WORK/apt.log)"
 fi
@@ -161,6 +167,7 @@ fi
 log "base images"
 if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     t0=$(now)
+    STEP_LOG=$WORK/debootstrap.log
     debootstrap --variant=minbase bookworm "$WORK/rootfs" >"$WORK/debootstrap.log" 2>&1 \
         || die "debootstrap failed (see $WORK/debootstrap.log)"
     if [ -f /etc/apt/sources.list.d/debian.sources ]; then  # the host's Debian sources: same mirror, plus updates and security
@@ -178,6 +185,7 @@ else
 fi
 if ! "$DOCKER" image inspect "$PROM_IMAGE" >/dev/null 2>&1; then
     t0=$(now)
+    STEP_LOG=$WORK/build-prometheus.log
     "$DOCKER" build --network host --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$PROM_IMAGE" - \
         <docker/prometheus-debian.Dockerfile >"$WORK/build-prometheus.log" 2>&1 || die "Prometheus image build failed"
     figure "prometheus image build" "$(since "$t0") s"
@@ -196,6 +204,7 @@ WHEELS=$CACHE/wheelhouse
 key=$(cat "$WORK"/requirements-*.txt | sha256sum | cut -c1-16)
 if [ ! -f "$WHEELS/.complete-$key" ]; then
     t0=$(now)
+    STEP_LOG=$WORK/wheelhouse.log
     mkdir -p "$WHEELS"
     # Two resolutions into one folder: the server stage's alone (what it gets from PyPI) and with the
     # ray stage's extra on top; pip in the image picks the same versions as from PyPI.
@@ -209,7 +218,10 @@ else
     echo "wheelhouse $WHEELS is complete for these requirements"
 fi
 figure "wheelhouse size" "$(du -sm "$WHEELS" | cut -f1) MB"
-WHEEL_PORT=$(free_port)
+# A fixed port: the PIP_* build arguments are part of the build cache's key.
+WHEEL_PORT=${DOCKER_SMOKE_WHEEL_PORT:-8649}
+"$PY" -c "import socket; socket.socket().bind(('127.0.0.1', $WHEEL_PORT))" 2>/dev/null \
+    || die "port $WHEEL_PORT is taken: set DOCKER_SMOKE_WHEEL_PORT to a free one"
 "$PY" -m http.server --bind 127.0.0.1 --directory "$WHEELS" "$WHEEL_PORT" >"$WORK/wheelhouse-http.log" 2>&1 &
 PIDS+=($!)
 checks wait "http://127.0.0.1:$WHEEL_PORT/" --timeout 30 >/dev/null
@@ -218,6 +230,7 @@ PIP_ARGS=(--build-arg PIP_NO_INDEX=1 --build-arg "PIP_FIND_LINKS=http://127.0.0.
 
 # ---------------------------------------------------------------------------------------- 5. builds
 build() {  # build TARGET IMAGE LOGNAME
+    STEP_LOG=$WORK/$3.log
     "$DOCKER" build --network host --build-arg BASE_IMAGE="$BASE_IMAGE" "${PIP_ARGS[@]}" \
         --target "$1" -t "$2" . >"$WORK/$3.log" 2>&1 || die "docker build --target $1 failed (see $3.log below)"
 }
@@ -251,13 +264,14 @@ pass "images built (server, ray) and the server runs as uid 10001"
 log "fit the demo category in the container (compose --profile fit run)"
 "$PY" -c "
 from pathlib import Path
-from cli.synthetic import generate_category
+from model.jobs.demo_data import generate_category
 generate_category(Path('$WORK/data/$CATEGORY'), kind='tiles', seed=0)"
 mkdir -p "$WORK/artifacts" "$WORK/markers"
 chown 10001:10001 "$WORK/artifacts" "$WORK/markers"  # the fit runs as the image's user
 GOOD=$WORK/data/$CATEGORY/test/good/000.png
 DEFECT=$WORK/data/$CATEGORY/test/crack/000.png  # as cli/demo.py picks: the first defect type, by name
 t0=$(now)
+STEP_LOG=$WORK/fit.log
 compose --profile fit run --rm fit >"$WORK/fit.log" 2>&1 || die "compose fit failed (see fit.log)"
 figure "fit in the container (compose run)" "$(since "$t0") s"
 tr '\r' '\n' <"$WORK/fit.log" | grep -E '^(artifact|seconds|size) ' || true
@@ -267,6 +281,7 @@ FIRST_ID=$("$PY" -c "import json; print(json.load(open('$WORK/artifact-first.jso
 pass "compose fit wrote $CATEGORY ($FIRST_ID) into the host folder"
 
 log "docker compose up (inspect, prometheus)"
+STEP_LOG=$WORK/up.log
 t0=$(now)
 compose up -d --no-build inspect prometheus 2>&1 | tee "$WORK/up.log"
 checks wait "$INSPECT_URL/readyz" --timeout 300 --container "$PROJECT-inspect-1" || die "/readyz"
@@ -284,6 +299,7 @@ pass "the image's HEALTHCHECK reports healthy"
 
 log "the same artifact served outside the container"
 OUT_PORT=$(free_port)
+STEP_LOG=$WORK/outside-server.log
 .venv/bin/factory-inspect serve --artifacts "$WORK/artifacts" --host 127.0.0.1 --port "$OUT_PORT" --device cpu \
     >"$WORK/outside-server.log" 2>&1 &
 PIDS+=($!)
@@ -314,6 +330,7 @@ t0=$(now)
     ray start --head --block --node-ip-address=127.0.0.2 --port="$RAY_PORT" --include-dashboard=false \
     --num-cpus=1 --object-store-memory=200000000 --disable-usage-stats >/dev/null
 ray_ok=""
+STEP_LOG=$WORK/ray-check.log
 for _ in $(seq 90); do
     [ "$("$DOCKER" inspect -f '{{.State.Running}}' "$PROJECT-ray")" = true ] || die "the Ray head exited"
     if "$DOCKER" exec "$PROJECT-ray" python -c "
@@ -333,27 +350,31 @@ grep '^ray ' "$WORK/ray-check.log"
 pass "a Ray head starts in the ray image and runs a task"
 
 # ---------------------------------------------------------------------------------------- 8. faults
-fit_run() {  # fit_run NAME ARTIFACTS_MOUNT [docker run options...]: the compose fit's command, by docker run
-    local name=$1 mount=$2
-    shift 2
-    "$DOCKER" run --name "$PROJECT-$name" --network host --user 10001:10001 \
-        -v "$WORK/data/$CATEGORY:/data:ro" -v "$mount" "$@" "$SERVER_IMAGE" \
-        factory-inspect fit --data /data --category "$CATEGORY" --artifacts /artifacts --device cpu
+RUN_OPTS=()  # fit_run's extra `docker run` options
+FIT_ARGS=()  # and extra fit arguments
+fit_run() {  # fit_run NAME ARTIFACTS_MOUNT: the compose fit's user and command, by docker run
+    "$DOCKER" run --name "$PROJECT-$1" --network host --user 10001:10001 \
+        -v "$WORK/data/$CATEGORY:/data:ro" -v "$2" "${RUN_OPTS[@]}" "$SERVER_IMAGE" \
+        factory-inspect fit --data /data --category "$CATEGORY" --artifacts /artifacts --device cpu "${FIT_ARGS[@]}"
 }
 TINY=(--set 'backbone.weights="random"' --set image_size=64 --set 'backbone.arch="tf_efficientnet_lite0"'
       --set gaussian.dims=16)  # a fast fit: these faults happen when the artifact is written
 unwritable() {  # unwritable NAME MOUNT EXPECTED-ERROR
     local name=$1 mount=$2 expected=$3 rc=0
-    fit_run "$name" "$mount" "${TINY[@]}" >"$WORK/fault-$name.log" 2>&1 || rc=$?
-    "$DOCKER" rm "$PROJECT-$name" >/dev/null
+    STEP_LOG=$WORK/fault-$name.log
+    RUN_OPTS=()
+    FIT_ARGS=("${TINY[@]}")
+    fit_run "$name" "$mount" >"$WORK/fault-$name.log" 2>&1 || rc=$?
+    "$DOCKER" rm "$PROJECT-$name" >/dev/null 2>&1 || die "$name: the fit container did not start (see its log)"
     local last
     last=$(tr '\r' '\n' <"$WORK/fault-$name.log" | grep -v '^\s*$' | tail -1)
     echo "exit $rc, last line: $last"
     grep -q Traceback "$WORK/fault-$name.log" && echo "(printed a Python traceback before it)"
     [ "$rc" -ne 0 ] || die "$name: the fit exited 0"
-    echo "$last" | grep -q "$expected" || die "$name: the error does not say '$expected'"
-    echo "$last" | grep -q "/artifacts" || die "$name: the error does not name /artifacts"
+    grep -q "$expected" "$WORK/fault-$name.log" || die "$name: the output does not say '$expected'"
+    echo "$last" | grep -q "/artifacts" || die "$name: the error (last line) does not name /artifacts"
 }
+T_FAULTS=$(now)
 log "fault: artifacts folder read-only for the fit"
 unwritable read-only "$WORK/artifacts:/artifacts:ro" "Read-only file system"
 pass "read-only artifacts folder: the fit fails, naming /artifacts"
@@ -385,7 +406,9 @@ pass "another format version: 503 for the category with the re-fit message, in t
 stopped() {  # stopped NAME WAIT-COMMAND [docker run options...]: stop the fit container when WAIT-COMMAND succeeds
     local name=$1 event=$2 state
     shift 2
-    fit_run "$name" "$WORK/artifacts:/artifacts" -d "$@" >/dev/null
+    STEP_LOG=$WORK/fault-$name.log
+    RUN_OPTS=(-d "$@")
+    fit_run "$name" "$WORK/artifacts:/artifacts" >"$STEP_LOG" 2>&1 || die "$name: the fit container did not start"
     for _ in $(seq 600); do
         eval "$event" && break
         [ "$("$DOCKER" inspect -f '{{.State.Running}}' "$PROJECT-$name")" = true ] \
@@ -395,18 +418,27 @@ stopped() {  # stopped NAME WAIT-COMMAND [docker run options...]: stop the fit c
     eval "$event" || die "$name: the fit did not get there within 120 s"
     "$DOCKER" stop --time 2 "$PROJECT-$name" >/dev/null
     state=$("$DOCKER" inspect -f 'exit {{.State.ExitCode}}' "$PROJECT-$name")
-    "$DOCKER" logs "$PROJECT-$name" >"$WORK/fault-$name.log" 2>&1
+    "$DOCKER" logs "$PROJECT-$name" >>"$STEP_LOG" 2>&1
     "$DOCKER" rm "$PROJECT-$name" >/dev/null
     echo "$name: docker stop during the fit -> $state"
-    checks artifact --artifacts "$WORK/artifacts" --category "$CATEGORY" --expect-id "$FIRST_ID" \
-        || die "$name: the previous artifact is not intact"
 }
-log "fault: the fit container stopped during a fit"
+log "fault: the fit container stopped during a re-fit (a new artifact id)"
+# `docker stop` sends SIGTERM, which the fit (PID 1 in the container) does not handle: the engine
+# kills it after the 2 s grace. The pause points are the store's test hook (model/artifact/store.py);
+# the fast fit reaches them sooner and, like another seed, makes an artifact with another id.
+FIT_ARGS=(--set seed=1)
+intact() { checks artifact --artifacts "$WORK/artifacts" --category "$CATEGORY" --expect-id "$FIRST_ID"; }
 stopped stop-features "\"\$DOCKER\" logs $PROJECT-stop-features 2>&1 | grep 'features:' >/dev/null"
+intact || die "stopped during feature extraction: the previous artifact is not intact"
+FIT_ARGS=("${TINY[@]}")
 stopped stop-before-rename "[ -e '$WORK/markers/before_rename' ]" \
     -v "$WORK/markers:/markers" -e FACTORY_INSPECT_TEST_PAUSE=before_rename:/markers/before_rename
+intact || die "stopped before the rename into .versions: the previous artifact is not intact"
+rm -f "$WORK/markers/before_rename"
 stopped stop-before-swap "[ -e '$WORK/markers/before_swap' ]" \
     -v "$WORK/markers:/markers" -e FACTORY_INSPECT_TEST_PAUSE=before_swap:/markers/before_swap
+intact || die "stopped before the symlink swap: the previous artifact is not intact"
+rm -f "$WORK/markers/before_swap"
 compose restart inspect >/dev/null 2>&1 || die "compose restart inspect"
 checks wait "$INSPECT_URL/readyz" --timeout 300 --container "$PROJECT-inspect-1" >/dev/null || die "/readyz after restart"
 "$PY" - "$INSPECT_URL" "$CATEGORY" "$DEFECT" "$DEFECT_SCORE" "$FIRST_ID" <<'PY' || die "served artifact after the stops"
@@ -421,11 +453,28 @@ assert body["artifact_id"] == artifact_id and abs(body["score"] - score) <= 1e-4
 PY
 pass "fit stopped mid-way (3 points): previous artifact intact on the host and served after a restart"
 
+# The same fit again (same data, config and seed: the same artifact id as the live version), stopped
+# before the rename. Not fatal: model/artifact/store.py deletes the live version's folder before it
+# renames the identical new one into its place, so a stop there leaves the category pointing at
+# nothing (found by this smoke; reported for the store's owner). XFAIL now, XPASS once that is fixed.
+log "known issue: a same-id re-fit stopped between the delete and the rename"
+FIT_ARGS=()
+stopped stop-same-id "[ -e '$WORK/markers/before_rename' ]" \
+    -v "$WORK/markers:/markers" -e FACTORY_INSPECT_TEST_PAUSE=before_rename:/markers/before_rename
+if intact >"$WORK/same-id.log" 2>&1; then
+    echo "XPASS the live artifact survived a same-id re-fit stopped before the rename: make this check fatal"
+else
+    echo "XFAIL the live artifact was destroyed: $(grep -o 'no manifest.json' "$WORK/same-id.log" | head -1 || true)" \
+         "(<root>/$CATEGORY -> .versions/$FIRST_ID, deleted before the rename)"
+fi
+
 # ----------------------------------------------------------------------------------------- 9. down
 log "docker compose down"
 compose down -v --timeout 10 2>&1 | tail -3
 left=$("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$PROJECT")
 [ -z "$left" ] || die "containers left after down: $left"
 pass "compose down removed every container"
+figure "faults (7 checks)" "$(since "$T_FAULTS") s"
+figure "load average at start / end" "$LOAD_START / $(cut -d' ' -f1-3 /proc/loadavg) (2 cores)"
 log "figures"
 cat "$FIGURES"

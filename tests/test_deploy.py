@@ -2,16 +2,21 @@
 
 No Docker engine and no network: the files are parsed and checked for consistency with
 the CLI parser, the app's routes, the pyproject console script and the metric names the
-server really exports. ``docker-compose config`` runs only when the v1 binary is on PATH.
+server really exports. ``docker-compose config`` runs only when the v1 binary is on PATH,
+``docker compose config`` (the smoke override) only when the Compose v2+ plugin is. The image
+is built and started for real by scripts/docker_smoke.sh (.ci/run), not here.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from urllib.parse import urlparse
@@ -29,6 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
 PROMETHEUS = REPO / "docker" / "prometheus.yml"
+SMOKE_COMPOSE = REPO / "docker" / "compose.smoke.yml"
+SMOKE_SCRIPT = REPO / "scripts" / "docker_smoke.sh"
+REQUIREMENTS = REPO / "docker" / "requirements.py"
 GRAFANA = REPO / "docker" / "grafana"
 RUNTIME_FOLDERS = {"data"}  # the operator's images, documented in docker-compose.yml (artifacts/ is in the repo)
 
@@ -69,6 +77,48 @@ def exec_form(args: str) -> list[str]:
 
 def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """Compose v2's merge tags: ``!reset`` and ``!override`` (kept as ("reset"|"override", value))."""
+
+
+def _tagged(tag: str):
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> tuple[str, object]:
+        if isinstance(node, yaml.MappingNode):
+            return tag, loader.construct_mapping(node, deep=True)
+        if isinstance(node, yaml.SequenceNode):
+            return tag, loader.construct_sequence(node, deep=True)
+        return tag, loader.construct_scalar(node)
+    return construct
+
+
+for _tag in ("reset", "override"):
+    ComposeLoader.add_constructor(f"!{_tag}", _tagged(_tag))
+
+
+def smoke_compose() -> dict:
+    return yaml.load(SMOKE_COMPOSE.read_text(), Loader=ComposeLoader)
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's instructions per stage name."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    for keyword, args in dockerfile_instructions():
+        if keyword == "FROM":
+            current = args.split()[-1]
+            out[current] = []
+        elif current is not None:
+            out[current].append((keyword, args))
+    return out
+
+
+def requirements_module():
+    spec = importlib.util.spec_from_file_location("docker_requirements", REQUIREMENTS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def service(name: str) -> dict:
@@ -188,6 +238,11 @@ def test_dockerfile_copy_sources_exist() -> None:
     dockerignore = (REPO / ".dockerignore").read_text().split()
     for copied in ("pyproject.toml", "model", "service"):
         assert copied not in dockerignore, f".dockerignore excludes {copied}, which the Dockerfile copies"
+    for args in copies:  # a source under an ignored folder must be re-included by a ! line
+        for src in [p for p in args.split() if not p.startswith("--")][:-1]:
+            parts = Path(src).parts
+            if any("/".join(parts[:i]) in dockerignore for i in range(1, len(parts))):
+                assert f"!{src}" in dockerignore, f".dockerignore excludes {src}, which the Dockerfile copies"
 
 
 def test_dockerfile_installs_project_and_gpu_runtime() -> None:
@@ -213,20 +268,44 @@ def test_dockerfile_cmd_is_the_console_script(app_routes) -> None:
 def test_dockerfile_stages_server_last_and_ray_for_kuberay() -> None:
     """The default (last) target is the server compose builds; the ``ray`` target adds the
     cluster extra and the cluster package, runs as non-root and has wget (KubeRay's probes)."""
-    stages: dict[str, list[tuple[str, str]]] = {}
-    current = None
-    for keyword, args in dockerfile_instructions():
-        if keyword == "FROM":
-            current = args.split()[-1]
-            stages[current] = []
-        elif current is not None:
-            stages[current].append((keyword, args))
-    assert list(stages)[-1] == "server" and "ray" in stages
-    ray_runs = " ".join(a for k, a in stages["ray"] if k == "RUN")
-    assert "['cluster']" in ray_runs and "wget" in ray_runs and "import ray" in ray_runs
-    assert [a for k, a in stages["ray"] if k == "USER"][-1].split(":")[0] not in {"root", "0"}
-    assert not [a for k, a in stages["ray"] if k in {"CMD", "ENTRYPOINT"}], "KubeRay supplies the command"
-    assert ("COPY", "cluster ./cluster") in [(k, a) for stage in stages.values() for k, a in stage]
+    by_stage = stages()
+    assert list(by_stage)[-1] == "server" and "ray" in by_stage
+    ray_runs = " ".join(a for k, a in by_stage["ray"] if k == "RUN")
+    assert "requirements.py pyproject.toml ray" in ray_runs and "wget" in ray_runs and "import ray" in ray_runs
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert requirements_module().requirements(str(REPO / "pyproject.toml"), "ray") == \
+        pyproject["optional-dependencies"]["cluster"]
+    assert [a for k, a in by_stage["ray"] if k == "USER"][-1].split(":")[0] not in {"root", "0"}
+    assert not [a for k, a in by_stage["ray"] if k in {"CMD", "ENTRYPOINT"}], "KubeRay supplies the command"
+    assert ("COPY", "cluster ./cluster") in [(k, a) for stage in by_stage.values() for k, a in stage]
+
+
+def test_requirements_script_is_the_runtime_install() -> None:
+    """docker/requirements.py (the image's pip list, and the smoke's wheelhouse) is every runtime
+    dependency, the backbones extra and onnx without its CPU onnxruntime; the Dockerfile adds
+    onnxruntime-gpu to it."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extra = pyproject["optional-dependencies"]
+    runtime = requirements_module().requirements(str(REPO / "pyproject.toml"), "runtime")
+    assert runtime[:len(pyproject["dependencies"])] == pyproject["dependencies"]
+    assert set(extra["backbones"]) <= set(runtime) and "onnx>=1.16" in runtime
+    assert not [r for r in runtime if r.startswith("onnxruntime")]
+    runs = " ".join(a for k, a in stages()["runtime"] if k == "RUN")
+    assert 'requirements.py pyproject.toml runtime "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"' in runs
+    out = subprocess.run([sys.executable, str(REQUIREMENTS), str(REPO / "pyproject.toml"), "runtime", "extra==1"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert out == runtime + ["extra==1"]
+
+
+def test_pip_source_arguments_default_to_pypi() -> None:
+    """The PIP_* build arguments (the smoke's local wheelhouse) are declared without a value in each
+    stage that runs pip, so a line PC's build without them uses PyPI, and none is kept as ENV."""
+    names = {"PIP_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST"}
+    for stage in ("runtime", "ray"):
+        args = {a for k, a in stages()[stage] if k == "ARG"}
+        assert names <= args, f"{stage}: {sorted(names - args)} not declared (without a default)"
+    envs = " ".join(instruction("ENV"))
+    assert not [n for n in names if n in envs]
 
 
 def test_dockerfile_runs_as_non_root() -> None:
@@ -328,6 +407,101 @@ def test_docker_compose_config_validates() -> None:
     result = subprocess.run([binary, "-f", str(COMPOSE), "--profile", "fit", "config", "-q"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- the CPU smoke override
+
+
+def without_category(argv: list[str]) -> list[str]:
+    return [re.sub(r"\$\{CATEGORY:-(\w+)\}", r"\1", a) for a in argv]
+
+
+def test_smoke_override_changes_only_network_device_gpu_and_folders() -> None:
+    """docker/compose.smoke.yml runs the line PC's inspect and fit on CPU, on the host's network,
+    with no GPU reservation and host folders; the command is otherwise the same, and everything it
+    does not name (image, healthcheck, environment, user, restart) stays the line PC's."""
+    base, smoke = compose()["services"], smoke_compose()["services"]
+    assert set(smoke) == {"inspect", "fit", "prometheus"}, "Grafana cannot be built here: not in the smoke"
+    expose = int(instruction("EXPOSE")[0].split("/")[0])
+    for name in ("inspect", "fit"):
+        svc = smoke[name]
+        assert svc["network_mode"] == "host" and svc["deploy"] == ("reset", {})
+        args, line_pc = parse_cli(without_category(svc["command"])), parse_cli(without_category(base[name]["command"]))
+        assert args.device == "cpu" and line_pc.device == "cuda"
+        assert {**vars(args), "device": None, "host": None} == {**vars(line_pc), "device": None, "host": None}
+    assert set(smoke["inspect"]) == {"network_mode", "deploy", "ports", "command", "volumes"}
+    assert set(smoke["fit"]) == {"network_mode", "deploy", "command", "volumes"}
+    assert smoke["inspect"]["ports"] == ("reset", [])
+    inspect_args = parse_cli(smoke["inspect"]["command"])
+    assert inspect_args.host == "127.0.0.1" and inspect_args.port == expose  # loopback; the healthcheck's port
+    tag, inspect_volumes = smoke["inspect"]["volumes"]
+    assert tag == "override" and len(inspect_volumes) == 1
+    assert re.fullmatch(r"\$\{SMOKE_ARTIFACTS:\?[^}]*\}:/artifacts:ro", inspect_volumes[0])
+    tag, fit_volumes = smoke["fit"]["volumes"]
+    assert tag == "override" and len(fit_volumes) == 2
+    assert re.fullmatch(r"\$\{SMOKE_DATA:\?[^}]*\}:/data:ro", fit_volumes[0])
+    assert re.fullmatch(r"\$\{SMOKE_ARTIFACTS:\?[^}]*\}:/artifacts", fit_volumes[1])  # read-write
+
+
+def test_smoke_prometheus_scrapes_the_line_pc_target() -> None:
+    """The smoke's Prometheus (Debian's, built locally) reads docker/prometheus.yml unchanged: the
+    target's host name resolves to loopback through extra_hosts; same flags plus a loopback listen."""
+    base, smoke = compose()["services"]["prometheus"], smoke_compose()["services"]["prometheus"]
+    targets = [t for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]
+               for sc in job["static_configs"] for t in sc["targets"]]
+    hosts = {t.split(":")[0] for t in targets}
+    assert {f"{h}:127.0.0.1" for h in hosts} <= set(smoke["extra_hosts"])
+    assert smoke["command"][:len(base["command"])] == base["command"]
+    assert smoke["command"][len(base["command"]):] == ["--web.listen-address=127.0.0.1:9090"]
+    assert "volumes" not in smoke and smoke["network_mode"] == "host" and smoke["ports"] == ("reset", [])
+    dockerfile = (REPO / "docker" / "prometheus-debian.Dockerfile").read_text()
+    assert f"-t {smoke['image']} " in dockerfile and f"PROM_IMAGE={smoke['image']}" in SMOKE_SCRIPT.read_text()
+    assert 'ENTRYPOINT ["/usr/bin/prometheus"]' in dockerfile  # compose's command gives the flags, as upstream
+
+
+def test_smoke_script_is_wired_into_ci() -> None:
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "scripts/docker_smoke.sh" in ci
+    script = SMOKE_SCRIPT.read_text()
+    assert "-f docker-compose.yml -f docker/compose.smoke.yml" in script
+    assert "--bridge=none --iptables=false" in script and "trap cleanup EXIT" in script
+    base = re.search(r"^BASE_IMAGE=(\S+)", script, re.M).group(1)
+    assert f"ARG BASE_IMAGE={base}" in (REPO / "docker" / "prometheus-debian.Dockerfile").read_text()
+    assert subprocess.run(["bash", "-n", str(SMOKE_SCRIPT)], capture_output=True, timeout=60).returncode == 0
+    pins = [line for line in (REPO / "docker" / "compose-plugin.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert pins and all(re.fullmatch(r"\S+==\S+ --hash=sha256:[0-9a-f]{64}", line) for line in pins)
+
+
+def compose_v2() -> list[str] | None:
+    """argv of a Compose v2+ CLI plugin (`docker compose`), or None."""
+    for docker in ("/usr/bin/docker", shutil.which("docker")):
+        if docker and os.path.exists(docker):
+            probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=60)
+            if probe.returncode == 0:
+                return [docker, "compose"]
+    return None
+
+
+def test_docker_compose_v2_config_of_the_smoke(tmp_path) -> None:
+    """Compose itself merges docker-compose.yml and the smoke override: no GPU, host network, CPU."""
+    argv = compose_v2()
+    if argv is None:
+        pytest.skip("no `docker compose` (v2+ plugin; scripts/docker_smoke.sh installs it): override not merged")
+    env = {**os.environ, "SMOKE_DATA": str(tmp_path / "data"), "SMOKE_ARTIFACTS": str(tmp_path / "artifacts")}
+    result = subprocess.run(argv + ["-f", str(COMPOSE), "-f", str(SMOKE_COMPOSE), "--profile", "fit", "config",
+                                    "--format", "json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    for name in ("inspect", "fit"):
+        assert "deploy" not in services[name] and services[name]["network_mode"] == "host"
+        assert parse_cli(services[name]["command"]).device == "cpu"
+        assert services[name]["image"] == service(name)["image"]
+    assert services["inspect"]["healthcheck"]["test"] == service("inspect")["healthcheck"]["test"]
+    mounts = {v["target"]: v for v in services["inspect"]["volumes"]}
+    assert mounts["/artifacts"]["source"] == str(tmp_path / "artifacts") and mounts["/artifacts"]["read_only"]
+    mounts = {v["target"]: v for v in services["fit"]["volumes"]}
+    assert not mounts["/artifacts"].get("read_only") and mounts["/data"]["read_only"]
 
 
 # --------------------------------------------------------------------------- Grafana dashboard
