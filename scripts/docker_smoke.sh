@@ -369,18 +369,20 @@ unwritable() {  # unwritable NAME MOUNT EXPECTED-ERROR
     local last
     last=$(tr '\r' '\n' <"$WORK/fault-$name.log" | grep -v '^\s*$' | tail -1)
     echo "exit $rc, last line: $last"
-    grep -q Traceback "$WORK/fault-$name.log" && echo "(printed a Python traceback before it)"
     [ "$rc" -ne 0 ] || die "$name: the fit exited 0"
+    ! grep -q Traceback "$WORK/fault-$name.log" || die "$name: a Python traceback instead of a clear error"
+    grep -q "features:" "$WORK/fault-$name.log" && die "$name: the fit started before it failed"
     grep -q "$expected" "$WORK/fault-$name.log" || die "$name: the output does not say '$expected'"
-    echo "$last" | grep -q "/artifacts" || die "$name: the error (last line) does not name /artifacts"
+    echo "$last" | grep -q "the artifacts folder /artifacts is not writable" \
+        || die "$name: the error (last line) does not say that /artifacts is not writable"
 }
 T_FAULTS=$(now)
 log "fault: artifacts folder read-only for the fit"
 unwritable read-only "$WORK/artifacts:/artifacts:ro" "Read-only file system"
-pass "read-only artifacts folder: the fit fails, naming /artifacts"
+pass "read-only artifacts folder: the fit stops before any work, saying /artifacts is not writable"
 log "fault: artifacts folder missing (the engine creates it, owned by root)"
 unwritable missing "$WORK/missing:/artifacts" "Permission denied"
-pass "missing artifacts folder: the fit fails, naming /artifacts"
+pass "missing artifacts folder: the fit stops before any work, saying /artifacts is not writable"
 checks artifact --artifacts "$WORK/artifacts" --category "$CATEGORY" --expect-id "$FIRST_ID" || die "artifact changed"
 
 log "fault: an artifact of another format version"
@@ -454,19 +456,13 @@ PY
 pass "fit stopped mid-way (3 points): previous artifact intact on the host and served after a restart"
 
 # The same fit again (same data, config and seed: the same artifact id as the live version), stopped
-# before the rename. Not fatal: model/artifact/store.py deletes the live version's folder before it
-# renames the identical new one into its place, so a stop there leaves the category pointing at
-# nothing (found by this smoke; reported for the store's owner). XFAIL now, XPASS once that is fixed.
-log "known issue: a same-id re-fit stopped between the delete and the rename"
+# where it would publish: the store keeps the live folder whole and republishes it.
+log "fault: a re-fit with the same artifact id stopped before the rename"
 FIT_ARGS=()
 stopped stop-same-id "[ -e '$WORK/markers/before_rename' ]" \
     -v "$WORK/markers:/markers" -e FACTORY_INSPECT_TEST_PAUSE=before_rename:/markers/before_rename
-if intact >"$WORK/same-id.log" 2>&1; then
-    echo "XPASS the live artifact survived a same-id re-fit stopped before the rename: make this check fatal"
-else
-    echo "XFAIL the live artifact was destroyed: $(grep -o 'no manifest.json' "$WORK/same-id.log" | head -1 || true)" \
-         "(<root>/$CATEGORY -> .versions/$FIRST_ID, deleted before the rename)"
-fi
+intact || die "stopped a same-id re-fit before the rename: the live artifact is not intact"
+pass "a same-id re-fit stopped before the rename: the live artifact intact"
 
 # ----------------------------------------------------------------------------------------- 9. down
 log "docker compose down"
@@ -474,7 +470,7 @@ compose down -v --timeout 10 2>&1 | tail -3
 left=$("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$PROJECT")
 [ -z "$left" ] || die "containers left after down: $left"
 pass "compose down removed every container"
-figure "faults (7 checks)" "$(since "$T_FAULTS") s"
+figure "faults (8 checks)" "$(since "$T_FAULTS") s"
 figure "load average at start / end" "$LOAD_START / $(cut -d' ' -f1-3 /proc/loadavg) (2 cores)"
 log "figures"
 cat "$FIGURES"

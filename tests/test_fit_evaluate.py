@@ -122,6 +122,47 @@ def test_fit_killed_with_sigkill_in_the_publish_window_leaves_previous_artifact_
     assert not list(root.glob(".tmp-cat-*"))
 
 
+def test_a_rerun_killed_before_publishing_leaves_the_identical_live_version_whole(tiny_data, tmp_path):
+    """A re-fit that makes the same tensors has the live version's id: killed where it would have
+    replaced that folder, the live version is still complete, loads and is served."""
+    root = tmp_path / "arts"
+    first = fit(tiny_data, "cat", root, tiny_config())
+    marker = tmp_path / "paused"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
+            "from tests.conftest import tiny_config; from model.jobs.fit import fit;"
+            "fit(sys.argv[2], 'cat', sys.argv[3], tiny_config())")
+    env = {**os.environ, "PYTHONPATH": str(REPO), TEST_PAUSE_ENV: f"before_rename:{marker}"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(REPO), str(tiny_data), str(root)], env=env)
+    try:
+        wait_until(lambda: marker.exists() or proc.poll() is not None, "the re-run to reach its rename", timeout=300)
+        assert proc.poll() is None, f"the re-run exited with {proc.returncode} before its rename"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    live = load_artifact(root / "cat")  # complete and hash-verified
+    assert live.artifact_id == first.artifact_id
+    again = fit(tiny_data, "cat", root, tiny_config())  # and a re-run that finishes publishes it again
+    assert again.artifact_id == first.artifact_id and load_artifact(root / "cat").artifact_id == first.artifact_id
+    assert not list(root.glob(".tmp-cat-*"))
+
+
+def test_an_unwritable_artifacts_folder_stops_the_fit_before_any_work(tiny_data, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "ro"
+    root.mkdir()
+    root.chmod(0o555)
+    if os.access(root, os.W_OK):  # root ignores the mode bits: make the write itself fail
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr("model.artifact.store.tempfile.NamedTemporaryFile", refuse)
+    monkeypatch.setattr("model.jobs.fit.list_images", lambda *_: pytest.fail("the fit started before the check"))
+    code = cli_main(["fit", "--data", str(tiny_data), "--category", "cat", "--artifacts", str(root),
+                     *config_args(tiny_config())])
+    err = capsys.readouterr().err
+    assert code == 2 and f"the artifacts folder {root} is not writable" in err and "Traceback" not in err
+
+
 def test_same_seed_gives_the_same_artifact(tiny_data, tmp_path):
     a = fit(tiny_data, "x", tmp_path / "a", tiny_config())
     b = fit(tiny_data, "x", tmp_path / "b", tiny_config())

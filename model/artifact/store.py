@@ -88,6 +88,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def check_writable(root: Path | str) -> Path:
+    """The artifacts ``root``, created if missing, once a file could be written in it: a fit finds out
+    before its work, not after. Raises ``ArtifactRootError`` naming the folder and this process's user."""
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "this user"
+        raise ArtifactRootError(f"the artifacts folder {root} is not writable by {user} "
+                                f"({exc.strerror or exc}): make it writable for the fit") from exc
+    return root
+
+
+class ArtifactRootError(ValueError):
+    """The artifacts root cannot be written."""
+
+
 def write_artifact(
     root: Path | str, category: str, manifest: Manifest, tensors: dict[str, dict[str, torch.Tensor]]
 ) -> Path:
@@ -117,10 +136,12 @@ def write_artifact(
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         _fsync_dir(tmp)
         final = versions / full.artifact_id
-        if final.exists():
-            shutil.rmtree(final)
         _test_pause("before_rename")
-        os.rename(tmp, final)
+        if final.exists():  # the same tensors, published before (a re-run): keep that folder, whole
+            log.info("%s is already published with these tensors; publishing it again", full.artifact_id)
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, final)
         _fsync_dir(versions)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

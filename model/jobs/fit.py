@@ -35,7 +35,7 @@ from model.artifact.manifest import (
     Normalization,
     Training,
 )
-from model.artifact.store import artifact_size_bytes, validate_category, write_artifact
+from model.artifact.store import artifact_size_bytes, check_writable, validate_category, write_artifact
 from model.jobs.dataset import (
     TestSample,
     check_defect_masks,
@@ -259,6 +259,7 @@ def fit(
     then every image is decoded once first and the bad ones are left out and recorded.
     """
     validate_category(category)
+    check_writable(artifacts)
     config = config or FitConfig()
     check_head(config, defects)
     check_defect_masks(defects)
