@@ -85,14 +85,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _print_table(selection: dict) -> None:
-    """A choice's validation table (candidate -> figures), the chosen row starred."""
+    """A choice's validation table (candidate -> figures), the chosen row starred: the synthetic
+    figures, the labelled defects' sensitivity (when the fit has some), the sensitivity the rule
+    weighs, and the share of nuisance copies flagged per strength."""
     table = selection.get("candidates") or {}
-    if table:
-        print(f"           {'candidate':<16} {'image':>7} {'pixel':>7} {'AU-PRO':>7} {'sens.':>7} {'shift':>6}")
-        for name, row in table.items():
-            mark = "*" if name == selection["chosen"] else " "
-            print(f"         {mark} {name:<16} {_fmt(row['image_auroc']):>7} {_fmt(row['pixel_auroc']):>7} "
-                  f"{_fmt(row['au_pro']):>7} {_fmt(row['sensitivity']):>7} {row['nuisance_shift']:>6.2f}")
+    if not table:
+        return
+    first = next(iter(table.values()))
+    strengths = list(first.get("nuisance_far", {}))
+    labelled = "sensitivity_labelled" in first
+    print(f"           {'candidate':<16} {'image':>7} {'pixel':>7} {'AU-PRO':>7} "
+          + (f"{'real':>7} " if labelled else "") + f"{'sens.':>7}  flagged at strength "
+          + " / ".join(strengths))
+    for name, row in table.items():
+        mark = "*" if name == selection["chosen"] else " "
+        real = f"{_fmt(row['sensitivity_labelled']):>7} " if labelled else ""
+        print(f"         {mark} {name:<16} {_fmt(row['image_auroc']):>7} {_fmt(row['pixel_auroc']):>7} "
+              f"{_fmt(row['au_pro']):>7} {real}{_fmt(row['sensitivity']):>7}  "
+              + " / ".join(f"{row['nuisance_far'][g]:.2f}" for g in strengths))
+    for name, order in selection.get("rankings", {}).items():
+        print(f"           ranked by the {name} defects: {' > '.join(order)}")
 
 
 def _print_head(record: dict | None) -> None:

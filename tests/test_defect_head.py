@@ -229,7 +229,7 @@ def test_each_folds_head_is_gated_on_the_synthetic_families_it_never_trained_on(
 
     families = [None, None, *FAMILIES, *FAMILIES]  # two goods, then two defects of each family
     marks = [-1.0, -1.0, *[float(FAMILIES.index(f)) for f in families[2:]]]
-    made = ValidationImages([], [], np.zeros((0, 8, 8), bool), [], [], [], [], [])
+    made = ValidationImages([], [], np.zeros((0, 8, 8), bool), [], [], [], [], [], [])
     pool = Pool(_marked_cells(marks), _marked_cells([-1.0]), families, None, torch.zeros(0, dtype=torch.long), made, [])
     shots = _marked_cells([10.0, 11.0], [0, 1])
     trained, gated, sizes = [], [], []
@@ -267,7 +267,7 @@ def test_a_small_category_trains_and_pastes_in_proportion_to_its_goods(monkeypat
     monkeypatch.setattr(head_cells, "paste_defects",
                         lambda goods, shots, masks, n, rng, copies: asked.append((len(goods), n)) or ([], [], []))
     goods = [np.zeros((64, 64, 3), np.uint8)] * 12  # half of them, 6: one sets the level, 5 are part A
-    made = ValidationImages(goods, [], np.zeros((0, 64, 64), bool), [], [], [], [], [])
+    made = ValidationImages(goods, [], np.zeros((0, 64, 64), bool), [], [], [], [], [], [])
     for pasted, expected in ((100, 15), (8, 8)):
         head_cells.describe_pool(None, made, lambda index, *a: _marked_cells([0.0] * len(index)), [],
                                  tiny_config(**{"head.pasted": pasted, "head.pasted_per_good": 3}), validate=False)
@@ -410,7 +410,7 @@ def test_a_weight_that_costs_the_synthetic_defects_is_not_eligible():
 
     def row(image, pixel, pro, sens, blind=0.9):
         return {"image_auroc": image, "pixel_auroc": pixel, "au_pro": pro, "blind_image_auroc": blind,
-                "sensitivity": sens, "nuisance_shift": 0.0}
+                "sensitivity": sens, "nuisance_far": {"1.0": 0.0}}
 
     table = {"0.0": row(0.90, 0.90, 0.80, 0.80), "1.0": row(0.897, 0.95, 0.85, 0.85), "2.0": row(0.89, 0.96, 0.86, 0.9),
              "4.0": row(0.95, 0.97, 0.9, 0.95, blind=0.88)}  # better on every synthetic defect, but not blind
@@ -436,7 +436,7 @@ def test_the_blind_floor_sees_a_head_that_lifts_the_goods():
     head.probability_of = lambda *_: p
     images = ValidationImages([np.zeros((size, size, 3), np.uint8)] * n, [np.zeros((size, size, 3), np.uint8)] * n,
                               masks, ["cutpaste"] * n, list(range(n)), [np.zeros((size, size, 3), np.uint8)],
-                              ["blur"], [0])
+                              ["blur"], [0], [1.0])
     cells = SimpleNamespace(features=None, nearest=None, gaussian=None, described=lambda: {"nns": plain})
     combiner = AnomalyMapCombiner(size, 0.0)
     inspector = SimpleNamespace(device="cpu", final_maps=lambda d: combiner([d["nns"]]), boosted=combiner.boosted)
@@ -463,7 +463,7 @@ def test_every_weight_is_a_candidate_at_every_level_after_weight_zero():
 def test_the_fit_prints_where_the_boost_starts(capsys):
     from cli.main import _print_head
 
-    row = {"image_auroc": 0.9, "pixel_auroc": 0.9, "au_pro": 0.8, "sensitivity": 0.9, "nuisance_shift": 0.1}
+    row = {"image_auroc": 0.9, "pixel_auroc": 0.9, "au_pro": 0.8, "sensitivity": 0.9, "nuisance_far": {"1.0": 0.1}}
     record = {"weight": 2.0, "abnormal_bank": 5, "candidates": {"0.0": row, "2.0/none": row}, "chosen": "2.0/none",
               "kept_floor": ["0.0", "2.0/none"], "training": {"level": 0.25}}
     _print_head({**record, "level": "none"})

@@ -93,8 +93,11 @@ def test_the_psg_table_leaves_out_the_families_psg_trains_on():
     maps = np.zeros((n, 64, 64), np.float32)
     every = validation.figures(scores, maps, images, config)
     other = validation.figures(scores, maps, images, config, leave_out=validation.PSG_FAMILIES)
-    assert every["image_auroc"] == pytest.approx(0.5, abs=0.01)  # half the defects found, half missed
+    found = len(validation.PSG_FAMILIES) / len(set(families))  # families count equally: 2 of 5 found
+    assert every["image_auroc"] == pytest.approx(found, abs=0.01)
+    assert set(every["image_auroc_by_family"]) == set(families)
     assert other["image_auroc"] == 0.0  # only the missed families remain
+    assert set(other["image_auroc_by_family"]) == set(families) - set(validation.PSG_FAMILIES)
     assert set(families) - set(validation.PSG_FAMILIES)
 
 
@@ -116,7 +119,7 @@ def test_auto_without_defects_is_nns_x_gaussian(tiny_data, tmp_path):
 @pytest.mark.parametrize("keep_psg", [False, True])
 def test_auto_with_defects_fits_both_and_publishes_the_chosen_one(tiny_data, tmp_path, defects, monkeypatch,
                                                                   keep_psg):
-    calls, real_choose = [], selection.choose
+    calls, real_choose = [], selection.choose_improvement
 
     def rule(table, config):
         if set(table) != {"without_psg", "with_psg"}:
@@ -124,8 +127,8 @@ def test_auto_with_defects_fits_both_and_publishes_the_chosen_one(tiny_data, tmp
         calls.append(table)
         return "with_psg" if keep_psg else "without_psg"
 
-    monkeypatch.setattr("model.jobs.selection.choose", rule)
-    config = tiny_config(**QUICK)
+    monkeypatch.setattr("model.jobs.selection.choose_improvement", rule)
+    config = tiny_config(**QUICK, **{"head.enabled": False})  # the calibration reads the PSG choice alone
     report = fit(tiny_data, "auto", tmp_path, config, defects=defects)
     m = manifest_of(report)
     record = m["fit"]["psg_selection"]

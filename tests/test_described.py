@@ -64,9 +64,11 @@ def test_a_subset_keeps_its_goods_images_and_says_where_they_are(goods):
     made = validation_images(goods, config)
     extra = validation_images(goods[2:], config)
     every = made.extended(extra, 2)
-    assert every.defect_sources == [0, 1, 2, 3] and every.nuisance_sources == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert every.defect_sources == [0, 1, 2, 3] and every.nuisance_sources == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert every.nuisance_strengths == [0.25, 0.5, 1.0] * 4
     subset, (at_goods, at_defects, at_nuisance) = every.subset([3, 1])
-    assert subset.defect_sources == [1, 0] and subset.nuisance_sources == [1, 1, 0, 0]
+    assert subset.defect_sources == [1, 0] and subset.nuisance_sources == [1, 1, 1, 0, 0, 0]
+    assert subset.nuisance_strengths == [0.25, 0.5, 1.0] * 2
     for image, i in zip([*subset.goods, *subset.defects, *subset.nuisance], at_goods + at_defects + at_nuisance,
                         strict=True):
         assert image is every.all[i]
@@ -143,5 +145,6 @@ def test_the_head_from_the_validate_stages_description_equals_describing_anew(ti
     _, recorded = fit_head(inspector, made, masks, types, config, describe(inspector, made.all))
     assert fresh["validation_described_by"] == "this stage"
     for w, row in fresh["candidates"].items():
-        for key in ("image_auroc", "pixel_auroc", "au_pro", "nuisance_shift"):
+        for key in ("image_auroc", "pixel_auroc", "au_pro"):
             assert recorded["candidates"][w][key] == pytest.approx(row[key], abs=1e-4)
+        assert recorded["candidates"][w]["nuisance_far"] == pytest.approx(row["nuisance_far"], abs=1e-4)

@@ -113,8 +113,8 @@ def test_seeded(family, part):
 # the Perlin blobs reach the drawn area within a few percent (specks dropped, the level lowered
 # to make up for them); CutPaste rounds its rectangle's sides; the scar its strip's sides,
 # and its rotated edge adds or loses a few pixels.
-AREA_TOLERANCE = {"perlin_texture": (0.9, 1.1), "perlin_patch": (0.9, 1.1), "cutpaste": (0.95, 1.05),
-                  "scar": (0.75, 1.3)}
+AREA_TOLERANCE = {"perlin_texture": (0.9, 1.1), "perlin_patch": (0.9, 1.1), "matched": (0.9, 1.1),
+                  "cutpaste": (0.95, 1.05), "scar": (0.75, 1.3)}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -128,7 +128,7 @@ def test_mask_area_is_in_the_requested_range(family, part, grey_tile):
             assert low * lo <= mask.mean() <= high * hi, (seed, mask.mean(), lo, hi)
 
 
-@pytest.mark.parametrize("family", ["perlin_texture", "perlin_patch"])
+@pytest.mark.parametrize("family", ["perlin_texture", "perlin_patch", "matched"])
 def test_perlin_defects_lie_on_the_part(family, part):
     fg = foreground_mask(part)
     for seed in range(20):
@@ -169,20 +169,20 @@ def test_bad_arguments_are_refused(part):
 
 
 def test_defect_suite_cycles_families_and_sizes(part, grey_tile, noise):
-    images = [part, grey_tile, noise] * 2
-    suite = defect_suite(images, np.random.default_rng(0), per_image=2)
-    assert len(suite) == 12
-    assert [i for i, *_ in suite] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    assert [f for *_, f in suite] == [FAMILIES[k % 4] for k in range(12)]
-    assert {(f, SIZES.index(min(SIZES, key=lambda s: abs(np.log(m.mean() / np.sqrt(s[0] * s[1]))))))
-            for _, _, m, f in suite} == {(f, s) for f in FAMILIES for s in range(3)}, "every (family, size) once"
+    images = [part, grey_tile, noise] * 5
+    suite = defect_suite(images, np.random.default_rng(0), per_image=1)
+    assert len(suite) == 15 == 3 * len(FAMILIES)
+    assert [i for i, *_ in suite] == list(range(15))
+    assert [f for *_, f in suite] == [FAMILIES[k % len(FAMILIES)] for k in range(15)]
+    assert {(f, k % 3) for k, (*_, f) in enumerate(suite)} == {(f, s) for f in FAMILIES for s in range(3)}, \
+        "every (family, size) once; the areas are checked against SIZES[k % 3] below"
     for k, (i, out, mask, family) in enumerate(suite):
         img = images[i]
         assert np.array_equal(out[~mask], img[~mask]) and (out[mask] != img[mask]).any()
         lo, hi = SIZES[k % 3]
         low, high = AREA_TOLERANCE[family]
         assert low * lo <= mask.mean() <= high * hi
-    again = defect_suite(images, np.random.default_rng(0), per_image=2)
+    again = defect_suite(images, np.random.default_rng(0), per_image=1)
     assert all(np.array_equal(a[1], b[1]) and np.array_equal(a[2], b[2]) for a, b in zip(suite, again))
     assert defect_suite(images, np.random.default_rng(0), per_image=0) == []
 
@@ -273,13 +273,30 @@ def test_bad_nuisances_are_refused(part):
         apply_nuisance(part[..., 0], "blur", np.random.default_rng(0))
 
 
-def test_nuisance_suite_covers_every_kind(part, mid_grey):
+def test_nuisance_suite_covers_every_kind_at_every_strength(part, mid_grey):
     images = [part, mid_grey, part, mid_grey]
-    suite = nuisance_suite(images, np.random.default_rng(0), per_image=2)
-    assert [i for i, _, _ in suite] == [0, 0, 1, 1, 2, 2, 3, 3]
-    assert [k for _, _, k in suite] == list(NUISANCES)
-    for i, out, _ in suite:
+    suite = nuisance_suite(images, np.random.default_rng(0), strengths=(0.5, 1.0))
+    assert [i for i, *_ in suite] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [k for _, _, k, _ in suite] == list(NUISANCES)
+    assert [g for *_, g in suite] == [0.5, 1.0] * 4
+    for i, out, _, _ in suite:
         assert out.shape == images[i].shape and not np.array_equal(out, images[i])
-    again = nuisance_suite(images, np.random.default_rng(0), per_image=2)
+    again = nuisance_suite(images, np.random.default_rng(0), strengths=(0.5, 1.0))
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(suite, again))
-    assert nuisance_suite(images, np.random.default_rng(0), per_image=0) == []
+    assert nuisance_suite(images, np.random.default_rng(0), per_strength=0) == []
+
+
+def test_matched_defects_are_as_faint_as_the_part_is_plain():
+    """A matched defect changes a plain part by a few of its own grey-level spreads, where the
+    brightness-shifted patch changes it by 8 to 40 levels whatever the part."""
+    rng = np.random.default_rng(0)
+    plain = np.clip(120 + rng.normal(0, 1.5, (128, 128, 1)), 0, 255).repeat(3, axis=2).astype(np.uint8)
+    matched, patch = [], []
+    for seed in range(20):
+        for family, out in (("matched", matched), ("perlin_patch", patch)):
+            changed, mask = synthetic_defect(plain, np.random.default_rng(seed), family, (0.01, 0.02))
+            out.append(np.abs(changed.astype(int) - plain)[mask].max())
+    assert max(matched) <= 8 < np.median(patch), (matched, patch)
+    assert min(matched) >= 1
+
+

@@ -1,43 +1,37 @@
-"""The self-checking fit: validate every scoring candidate without labels, and choose one.
+"""The self-checking fit: validate every scoring candidate, and choose one.
 
 No fixed scoring is right for every part (a per-position Gaussian breaks on unfixtured parts
 and noisy backgrounds; NNS alone localises less on aligned ones), so the fit measures each
 candidate of ``selection.candidates`` (``SCORING_CANDIDATES``: config overrides, all built
 from one feature extraction) on images made from the held-out goods, which the bank and the
-Gaussians never saw:
+Gaussians never saw (``model.training.validation_images``):
 
 * **goods**: the held-out goods; each candidate's image threshold comes from them exactly as
   calibration sets it (``far_threshold`` at the target false-alarm rate);
 * **sensitivity**: synthetic defects with exact masks on up to ``max_images`` of them
-  (``model.training.synthetic_defects``: CutPaste, Scar, Perlin-shaped foreign texture and
-  blurred / brightness-shifted patches, small to large), plus the labelled defects when the
-  fit has some. Sensitivity is the mean of image AUROC, pixel AUROC and AU-PRO on the goods
-  plus these defects; with labelled defects it is (synthetic + 2 x labelled) / 3;
-* **robustness**: nuisance copies of the same goods (``model.training.nuisance``: brightness,
-  contrast, gamma, noise, blur, shift, rotation, scale). The nuisance false-alarm rate is the
-  fraction of them above the candidate's threshold: how far its good scores move under the
-  benign changes a line sees between fit and use.
+  (``model.training.synthetic_defects``: CutPaste, Scar, Perlin-shaped foreign texture,
+  blurred / brightness-shifted patches, and ``matched``: faint changes scaled to the part's own
+  contrast and texture, which tell the candidates apart where the salient ones do not), small
+  to large, each family counted equally; with labelled defects, those count
+  ``selection.labelled_weight`` (3) times as much, and both figures are recorded;
+* **robustness**: nuisance copies of the same goods at graded strengths
+  (``selection.nuisance_strengths``; ``model.training.nuisance``: brightness, contrast, gamma,
+  noise, blur, shift, rotation, scale): the share of them each candidate flags at its own
+  threshold, per strength.
 
-The rule (``choose``): the robust candidates are those whose nuisance shift (how far the
-changes move a good part's own score towards the threshold, paired with its source) is at
-most ``shift_ratio`` times the lowest one plus ``shift_margin``: a candidate that reacts
-several times more to the changes than another would stop the line after the next change of
-lighting or fixture. Among the robust ones the highest sensitivity wins, and a candidate
-within ``tie_margin`` of it that comes earlier in ``selection.candidates`` is preferred. The
-nuisance false-alarm rate is reported, not used: on 20-80 held-out goods it saturates and is
-coarse, and a candidate that finds nothing can have the lowest (docs/lab/issue-16-selection.md).
+The rule (``model.training.rule.choose_scoring``): of the near-best candidates (sensitivity
+within ``sensitivity_margin`` of the best), the one that flags the fewest nuisance copies at the
+strongest strength where they are not all saturated; within ``robust_margin``, the earlier in
+``selection.candidates``. Each candidate's image score comes first (``choose_top_fraction``,
+with ``postprocess.top_fraction="auto"``): the maximum of its map or the mean of a top fraction
+of its pixels, the most sensitive (a mean over the top pixels ignores a few hot pixels on noisy
+good parts: magnetic tile, NNS: real image AUROC 0.879 with the maximum, 0.924 with the top 1 %).
 
-Each candidate's image score comes first (``choose_top_fraction``, with
-``postprocess.top_fraction="auto"``): the maximum of its map, or the mean of a top fraction
-of its pixels, chosen by the same rule on image-level figures. A mean over the top pixels
-ignores a few hot pixels on noisy good parts, which can matter more than the map itself
-(magnetic tile, NNS: real image AUROC 0.879 with the maximum, 0.924 with the top 1 %).
-
-PSG goes through the same mechanism (``select_psg``): with labelled defects and
-``psg.enabled="auto"``, the chosen scoring without and with PSG are the two candidates of a
-second table, on the same images and by the same rule (without PSG first, so a tie keeps
-it). PSG is trained on CutPaste and Scar, so in that table the synthetic sensitivity counts
-only the other families (``PSG_FAMILIES`` are left out for both rows).
+PSG (``select_psg``): with labelled defects and ``psg.enabled="auto"``, the chosen scoring
+without and with PSG are the two candidates of a second table, on the same images, chosen by
+``choose_improvement`` (without PSG unless PSG is more sensitive and no more fragile). PSG is
+trained on CutPaste and Scar, so in that table the synthetic sensitivity counts only the other
+families (``PSG_FAMILIES`` are left out for both rows).
 """
 
 from __future__ import annotations
@@ -52,7 +46,8 @@ from model.method.config import AUTO, FIXED, FitConfig
 from model.runtime.execution import Timer
 from model.runtime.inspector import Inspector
 from model.training.described import Recording
-from model.training.validation import PSG_FAMILIES, RULE, choose, figures, fraction_scores, score_candidates
+from model.training.rule import IMPROVEMENT_RULE, SCORING_RULE, choose_fraction, choose_improvement, choose_scoring
+from model.training.validation import PSG_FAMILIES, figures, fraction_scores, score_candidates
 from model.training.validation_images import ValidationImages
 
 log = logging.getLogger(__name__)
@@ -61,15 +56,17 @@ log = logging.getLogger(__name__)
 def warning(row: dict, name: str, config: FitConfig) -> str | None:
     """What to try when even the chosen candidate validates weakly (None when it does not)."""
     sel = config.selection
+    strongest = str(float(max(sel.nuisance_strengths)))
+    far = row["nuisance_far"].get(strongest, 0.0)
     weak = row["sensitivity"] < sel.weak_sensitivity
-    fragile = row["nuisance_far"] > sel.fragile_far
+    fragile = far > sel.fragile_far
     if not (weak or fragile):
         return None
     what = []
     if weak:
         what.append(f"finds synthetic defects weakly (sensitivity {row['sensitivity']:.3f})")
     if fragile:
-        what.append(f"flags {row['nuisance_far']:.0%} of good parts under small lighting or position changes")
+        what.append(f"flags {far:.0%} of good parts under small lighting or position changes")
     return (f"the chosen scoring {name!r} {' and '.join(what)}: try more good images, fixture the parts, "
             "steadier lighting, or a higher image_size")
 
@@ -85,7 +82,7 @@ def resolve(config: FitConfig, n_holdout: int) -> tuple[list[str], dict]:
         reason = (f"{n_holdout} held-out good images are too few to validate the scorings "
                   f"(need {config.selection.min_holdout}): kept {names[0]!r}; add good images to choose")
         return names[:1], {"mode": "fallback", "chosen": names[0], "fallback": reason}
-    return names, {"mode": "auto", "chosen": None, "rule": RULE}
+    return names, {"mode": "auto", "chosen": None, "rule": SCORING_RULE}
 
 
 def branches_needed(config: FitConfig, n_holdout: int) -> tuple[bool, bool]:
@@ -120,12 +117,13 @@ def choose_top_fraction(maps: np.ndarray, images: ValidationImages, config: FitC
     """The image score of one candidate and the record of its choice: with
     ``postprocess.top_fraction="auto"``, every fraction of ``selection.top_fractions`` is
     validated on image-level figures only (the map, and so the pixel metrics, do not change)
-    and chosen by ``RULE`` (the maximum, first, wins a tie). Otherwise the configured one, no record."""
+    and chosen by ``choose_fraction`` (the maximum, first, wins a tie). Otherwise the configured
+    one, no record."""
     if config.postprocess.top_fraction != AUTO:
         return config.postprocess.image_top_fraction, {}
     sweep = {str(f): figures(fraction_scores(maps, f), maps, images, config, pixels=False)
              for f in config.selection.top_fractions}
-    return float(choose(sweep, config)), sweep
+    return float(choose_fraction(sweep, config)), sweep
 
 
 def select_scoring(parts: Parts, config: FitConfig, n_holdout: int, images: Callable[[], ValidationImages],
@@ -144,8 +142,9 @@ def select_scoring(parts: Parts, config: FitConfig, n_holdout: int, images: Call
     with watch.stage("validate"):
         made = images()
         table = validate(inspectors, made, config, recording)
-    chosen = choose(table, config)
+    chosen = choose_scoring(table, config)
     record.update(chosen=chosen, candidates=table, warning=warning(table[chosen], chosen, config),
+                  rankings=rankings(table),
                   n_images={"goods": len(made.goods), "defects": len(made.defects),
                             "nuisance": len(made.nuisance), "labelled": len(made.labelled)})
     log.info("scoring %s chosen of %s", chosen, names)
@@ -153,6 +152,14 @@ def select_scoring(parts: Parts, config: FitConfig, n_holdout: int, images: Call
         log.warning("%s", record["warning"])
     fraction = table[chosen].get("top_fraction", config.postprocess.image_top_fraction)
     return _with_top_fraction(config.with_scoring(chosen), fraction), record
+
+
+def rankings(table: dict[str, dict]) -> dict[str, list[str]]:
+    """The candidates from the most sensitive down, by the synthetic defects and (when the fit
+    has some) by the labelled ones: the evidence the choice weighed, each on its own."""
+    keys = {"synthetic": "sensitivity_synthetic", "labelled": "sensitivity_labelled"}
+    return {name: sorted(table, key=lambda n: -table[n][key]) for name, key in keys.items()
+            if all(key in row for row in table.values())}
 
 
 def _with_top_fraction(config: FitConfig, fraction: float) -> FitConfig:
@@ -163,12 +170,13 @@ def _with_top_fraction(config: FitConfig, fraction: float) -> FitConfig:
 def select_psg(without: Inspector, with_psg: Inspector, images: ValidationImages, config: FitConfig,
                watch: Timer) -> tuple[bool, dict]:
     """Whether to publish the PSG variant, and the manifest's ``fit.psg_selection`` record: the
-    two variants validated like the scoring candidates (``RULE``), without PSG's own families."""
+    two variants validated like the scoring candidates, without PSG's own families, chosen by
+    ``choose_improvement``."""
     with watch.stage("validate"):
         scored = score_candidates({"without_psg": without}, images.all, config.batch_size)
         scored.update(score_candidates({"with_psg": with_psg}, images.all, config.batch_size))
         table = {name: figures(*scored[name], images, config, leave_out=PSG_FAMILIES) for name in scored}
-    chosen = choose(table, config)
+    chosen = choose_improvement(table, config)
     log.info("PSG: %s chosen", chosen)
-    return chosen == "with_psg", {"rule": RULE, "left_out": list(PSG_FAMILIES), "candidates": table,
+    return chosen == "with_psg", {"rule": IMPROVEMENT_RULE, "left_out": list(PSG_FAMILIES), "candidates": table,
                                   "chosen": chosen}

@@ -24,6 +24,7 @@ from model.reporting.progress import ProgressFactory
 from model.runtime.execution import Timer
 from model.runtime.imageio import preprocess, read_image, resize_rgb
 from model.runtime.inspector import Branches, Inspector, normalization
+from model.training.drift import drift_covariance
 from model.training.psg import PSGReport, fine_tune, needs_training
 
 
@@ -133,13 +134,14 @@ class Parts:
     bank: MemoryBank | None
     moments: GaussianAccumulator | None
     psg: PSGReport | None
+    drift: torch.Tensor | None = None  # [P, D, D]: the expected drift's feature covariance (training.drift)
     gaussians: dict[int, GaussianModel] = field(default_factory=dict)  # by shift tolerance
 
     def gaussian(self, shift_tolerance: int, watch: Timer) -> GaussianModel:
         if shift_tolerance not in self.gaussians:
             with watch.stage("gaussian"):
                 self.gaussians[shift_tolerance] = GaussianModel(
-                    *self.moments.finalize(self.config.gaussian.reg, shift_tolerance))
+                    *self.moments.finalize(self.config.gaussian.reg, shift_tolerance, self.drift))
         return self.gaussians[shift_tolerance]
 
     def variant(self, config: FitConfig, watch: Timer) -> Variant:
@@ -166,7 +168,18 @@ def fit_parts(config: FitConfig, files: Sequence[Path], device: str, progress: P
     if nns:
         with watch.stage("coreset"):
             bank = build_memory_bank(patches, config, progress)
-    return Parts(config, features, mean, std, int(patches.shape[0]), bank, acc if gaussian else None, psg)
+    drift = None
+    if gaussian:
+        with watch.stage("drift"):
+            drift = drift_covariance(features, drift_images(files, config), config, mean, std, device)
+    return Parts(config, features, mean, std, int(patches.shape[0]), bank, acc if gaussian else None, psg, drift)
+
+
+def drift_images(files: Sequence[Path], config: FitConfig) -> list[np.ndarray]:
+    """``gaussian.drift_images`` of the good ``files`` (seeded), decoded at the model input size."""
+    n = min(config.gaussian.drift_images, len(files))
+    chosen = sorted(np.random.default_rng(config.seed + 4).choice(len(files), n, replace=False)) if n else []
+    return [resize_rgb(read_image(str(files[i])), config.image_size) for i in chosen]
 
 
 def fit_variant(

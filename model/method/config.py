@@ -62,6 +62,13 @@ class GaussianConfig:
     # Each position's Gaussian also learns from neighbours up to this many grid cells away,
     # so parts that are not fixtured (shifted) stay in distribution.
     shift_tolerance: int = 0
+    # The drift a line is expected to have between sessions, taught to every position
+    # (model/training/drift.py): exposure (gain 1 +- this), tone (gamma 1 +- this), position
+    # (shift by this fraction of the side), measured on drift_images training images. 0: off.
+    drift_exposure: float = 0.10
+    drift_gamma: float = 0.10
+    drift_position: float = 0.01
+    drift_images: int = 16
 
 
 @dataclass
@@ -152,11 +159,12 @@ class CalibrationConfig:
 
 @dataclass
 class SelectionConfig:
-    """The self-checking fit (``scoring="auto"``): validation sizes and the choice rule's margins.
+    """The self-checking fit (``scoring="auto"``): validation sizes and the rules' margins
+    (``model/training/rule.py``).
 
     ``candidates`` are names of ``SCORING_CANDIDATES`` in order of preference: a tie goes to
-    the earlier one. The paper's product comes first, then the same with a growing shift
-    tolerance, then the single branches, which drop information. See ``model/jobs/selection.py``.
+    the earlier one. The paper's product comes first, then the same with a shift tolerance,
+    then the single branches, which drop information. See ``model/jobs/selection.py``.
     """
 
     # product_shift2 is available but not validated by default: it was never the best on our
@@ -164,14 +172,16 @@ class SelectionConfig:
     candidates: tuple[str, ...] = ("product", "product_shift5", "gaussian", "nns")
     max_images: int = 32  # held-out goods that get synthetic defects and nuisance copies
     defects_per_image: int = 1
-    nuisances_per_image: int = 2
-    # Robust: a nuisance shift (paired, in units of the goods' margin to the threshold) at most
-    # shift_ratio x the lowest one + shift_margin.
-    shift_ratio: float = 2.0
-    shift_margin: float = 0.25
-    tie_margin: float = 0.002  # sensitivities this close count as equal
+    # Each of those goods gets one nuisance copy per strength (graded, so that candidates that all
+    # flag the strongest copies are still told apart by the weaker ones).
+    nuisance_strengths: tuple[float, ...] = (0.25, 0.5, 1.0)
+    sensitivity_margin: float = 0.01  # near-best: this close to the most sensitive candidate
+    robust_margin: float = 0.1  # nuisance false-alarm rates this close count as equally robust
+    saturated_far: float = 0.9  # at a strength where every candidate flags this much, compare a weaker one
+    labelled_weight: float = 3.0  # labelled defects count this many times the synthetic ones
+    tie_margin: float = 0.002  # sensitivities this close count as equal (image score, PSG, defect head)
     weak_sensitivity: float = 0.8  # below this the fit warns that the chosen scoring validates weakly
-    fragile_far: float = 0.5  # above this nuisance false-alarm rate it warns too
+    fragile_far: float = 0.5  # above this nuisance false-alarm rate (strength 1) it warns too
     min_holdout: int = 8  # fewer held-out goods: no choice, the default candidate, recorded as a fallback
     # Image scores tried per candidate (postprocess.top_fraction="auto"); 0, the maximum, first.
     top_fractions: tuple[float, ...] = (0.0, 0.002, 0.01, 0.03)
@@ -230,6 +240,9 @@ class HeadConfig:
     # their image AUROC unboosted against the boosted goods (a type the head does not recognise),
     # fall more than this below weight 0's is not eligible: the unsupervised map stays their floor.
     floor_margin: float = 0.005
+    # The held-out shots count this many times the synthetic defects in the weight table: the
+    # weighting the head's protocol was measured with (docs/lab/issue-17-defect-head.md).
+    labelled_weight: float = 2.0
 
 
 @dataclass

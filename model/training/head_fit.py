@@ -14,7 +14,7 @@ trained on the other shots, on part A of the goods and on half of the synthetic 
 (``head.fold_members`` networks, ``head.fold_steps`` steps), since it only ranks the weights
 (one network and 100 steps gave the protocol's figures of three and 150: docs/lab/issue-17-defect-head.md). Then
 every weight of ``head.weights``, at every level, is validated by the self-checking fit's
-figures and rule (``model.training.validation``) on the other half of the goods, the synthetic
+figures (``model.training.validation``) on the other half of the goods, the synthetic
 defects of the families that head did not train on, nuisance copies, and the fold's shots as
 the labelled defects. The figures are averaged over folds, so every family is scored by a head
 that never saw it: those stand for the defect types no shot shows. A weight must first keep
@@ -24,8 +24,9 @@ defect, unboosted, against the boosted goods (``blind_image_auroc``): a type the
 recognise at all gains nothing, while the boost still lifts the goods wherever the head fires on
 them, which is how a head costs unseen types (docs/lab/issue-17-defect-head.md, the eighth round: a head trained on
 one type of rotated tiles lost 0.009 image AUROC on the others while every synthetic figure
-rose). Weight 0 (the unsupervised map) comes first, then the weights at the level on good
-parts, so a tie keeps the head off, or silent on good parts. The published head is then trained
+rose). Then ``model.training.rule.choose_improvement``: weight 0 (the unsupervised map) comes
+first, then the weights at the level on good parts, so a tie keeps the head off, or silent on
+good parts, and a weight whose boost flags more nuisance copies than weight 0 is not robust. The published head is then trained
 on all of them, every family included. Every image is described once (``head_cells.Pool``), for
 the folds and the published head alike: the fit's validation images, described already by the
 validate stage when it ran (``model.training.described``), and the pasted goods.
@@ -56,15 +57,16 @@ from model.runtime.execution import to_host
 from model.runtime.inspector import Inspector
 from model.training.described import Cells
 from model.training.head_cells import Pool, abnormal_bank, completed, describe_pool, input_chunks
+from model.training.rule import IMPROVEMENT_RULE, choose_improvement
 from model.training.synthetic_defects import FAMILIES
-from model.training.validation import PSG_FAMILIES, RULE, choose, figures, fraction_scores
+from model.training.validation import PSG_FAMILIES, figures, fraction_scores
 from model.training.validation_images import ValidationImages
 
 log = logging.getLogger(__name__)
 
 # A row's figures on the synthetic defects; "blind_image_auroc": their image AUROC were the head blind to them
 SYNTHETIC = ("image_auroc", "pixel_auroc", "au_pro", "blind_image_auroc")
-FIGURES = (*SYNTHETIC, "sensitivity", "nuisance_shift")  # what the weight table averages over folds
+FIGURES = (*SYNTHETIC, "sensitivity")  # what the weight table averages over folds (and nuisance_far per strength)
 FAMILY_SPLIT = (PSG_FAMILIES, tuple(f for f in FAMILIES if f not in PSG_FAMILIES))  # a fold's head trains on one
 FLOOR_RULE = ("on the synthetic defects of the families its fold's head did not train on (types the shots do not "
               "show), no figure more than head.floor_margin below weight 0's, nor the image AUROC of every synthetic "
@@ -163,7 +165,7 @@ def weight_table(inspector: Inspector, head: DefectHead, images: ValidationImage
         boost = w * head.excess(p, boost_start(head, level)) if w else None
         maps = to_host(inspector.boosted(plain, boost))
         scores = fraction_scores(maps, config.postprocess.image_top_fraction)
-        table[key] = figures(scores, maps, images, config, leave_out)
+        table[key] = figures(scores, maps, images, config, leave_out, labelled_weight=config.head.labelled_weight)
         table[key]["blind_image_auroc"] = (metrics.auroc(np.r_[scores[goods], unboosted], labels)
                                            if images.defects else None)
     return table
@@ -244,10 +246,10 @@ def fit_head(inspector: Inspector, made: ValidationImages, shot_masks: Sequence[
     table = _mean_table(cross_fit(inspector, pool, shots, made.labelled, shot_masks, bank, bank_owner, split,
                                   config)) if split else {}
     eligible = keep_floor(table, config)
-    key = choose(eligible, config) if eligible else None
+    key = choose_improvement(eligible, config) if eligible else None
     chosen, level = (candidate(key) if key is not None else
                      (0.0 if choosing else float(config.head.weights[0]), config.head.levels[0]))
-    record = {"weight": chosen, "level": level if chosen > 0 else None, "rule": f"{FLOOR_RULE}; then {RULE}",
+    record = {"weight": chosen, "level": level if chosen > 0 else None, "rule": f"{FLOOR_RULE}; then {IMPROVEMENT_RULE}",
               "candidates": table, "kept_floor": list(eligible), "chosen": key,
               "folds": [[int(i) for i in f] for f in split],
               "fold_families": [list(fold_families(k)) for k in range(len(split))],
@@ -307,7 +309,8 @@ def _mean_table(tables: list[dict[str, dict]]) -> dict[str, dict]:
     out = {}
     for w in tables[0]:
         rows = [t[w] for t in tables]
-        out[w] = {k: _mean([r.get(k) for r in rows]) for k in FIGURES} | {"folds": rows}
+        far = {g: _mean([r["nuisance_far"].get(g) for r in rows]) for g in rows[0]["nuisance_far"]}
+        out[w] = {k: _mean([r.get(k) for r in rows]) for k in FIGURES} | {"nuisance_far": far, "folds": rows}
     return out
 
 

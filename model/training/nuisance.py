@@ -118,22 +118,25 @@ def apply_nuisance(image: np.ndarray, kind: str, rng: np.random.Generator, stren
 def nuisance_suite(
     images: Sequence[np.ndarray],
     rng: np.random.Generator,
-    per_image: int = 2,
-    strength: float = 1.0,
-) -> list[tuple[int, np.ndarray, str]]:
-    """``per_image`` nuisance versions of each image: ``[(source index, changed, kind)]``.
+    strengths: Sequence[float] = (1.0,),
+    per_strength: int = 1,
+) -> list[tuple[int, np.ndarray, str, float]]:
+    """``per_strength`` nuisance versions of each image at each of ``strengths``:
+    ``[(source index, changed, kind, strength)]``.
 
     ``images``: RGB ``uint8 [H, W, 3]`` arrays (good images at the model input size);
     ``changed`` is ``uint8 [H, W, 3]``. The k-th version overall (k = 0, 1, ...) is of kind
-    ``NUISANCES[k % 8]``, so every kind is covered as soon as there are 8 versions in all.
+    ``NUISANCES[k % 8]``, so every kind is covered as soon as there are 8 versions in all; an
+    image's versions run through the strengths in order.
     """
-    if per_image < 0:
-        raise ValueError(f"per_image must be >= 0, got {per_image}")
-    suite: list[tuple[int, np.ndarray, str]] = []
+    if per_strength < 0:
+        raise ValueError(f"per_strength must be >= 0, got {per_strength}")
+    suite: list[tuple[int, np.ndarray, str, float]] = []
     k = 0
     for index, image in enumerate(images):
-        for _ in range(per_image):
-            kind = NUISANCES[k % len(NUISANCES)]
-            suite.append((index, apply_nuisance(image, kind, rng, strength), kind))
-            k += 1
+        for strength in strengths:
+            for _ in range(per_strength):
+                kind = NUISANCES[k % len(NUISANCES)]
+                suite.append((index, apply_nuisance(image, kind, rng, strength), kind, float(strength)))
+                k += 1
     return suite

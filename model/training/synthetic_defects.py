@@ -4,7 +4,7 @@ The fit job applies these to held-out GOOD images already resized to the model i
 ``S`` (RGB ``uint8 [S, S, 3]``; any ``[H, W, 3]`` works) and checks that each scoring
 candidate ranks the defected images above the good ones and localises the change.
 
-Four families (``FAMILIES``):
+Five families (``FAMILIES``):
 
 ``cutpaste``
     CutPaste (``model.training.cutpaste.cutpaste``): a colour-jittered rectangle cut from
@@ -21,6 +21,12 @@ Four families (``FAMILIES``):
 ``perlin_patch``
     Subtle defects: the same kind of blob filled with the image's own pixels blurred
     and/or shifted in brightness (a smudge, a stain, a worn or out-of-focus spot).
+``matched``
+    Defects matched to the part's own contrast and texture, as faint as the real ones that
+    tell scorings apart: the same kind of blob, feathered at its edge, whose change is scaled
+    to the local spread of the part's grey levels (its standard deviation around the blob):
+    a tone change of 1 to 3 local spreads, the local contrast raised or lowered by 40 to 80 %,
+    or the part's own texture from elsewhere in the image (the same material, out of place).
 
 Every function is pure: it draws only from the ``numpy.random.Generator`` it is given
 (same generator state, same result), never modifies its input and keeps no state. Masks
@@ -39,7 +45,7 @@ import numpy as np
 
 from model.training.cutpaste import cutpaste, cutpaste_scar
 
-FAMILIES = ("cutpaste", "scar", "perlin_texture", "perlin_patch")
+FAMILIES = ("cutpaste", "scar", "perlin_texture", "perlin_patch", "matched")
 # Mask area as a fraction of the image: small, medium, large (``defect_suite`` cycles through them).
 SIZES = ((0.001, 0.005), (0.005, 0.02), (0.02, 0.10))
 
@@ -294,6 +300,36 @@ def _perlin_patch(image: np.ndarray, rng: np.random.Generator, n_target: int, fo
     return out, full
 
 
+def _matched(image: np.ndarray, rng: np.random.Generator, n_target: int, foreground: np.ndarray,
+             ) -> tuple[np.ndarray, np.ndarray]:
+    box, mask, weight = _blob(foreground, n_target, rng)
+    window = image[box].astype(np.float32)
+    luma = window @ _LUMA
+    spread = max(float(luma[foreground[box]].std()), 2.0)  # the part's own spread around the blob
+    fade = (0.3 + 0.7 * np.sqrt(weight))[..., None]  # feathered: no hard edge gives it away
+    mode = int(rng.integers(3))
+    if mode == 0:  # a tone change of a few local spreads
+        level = float(luma[mask].mean())
+        sign = -1.0 if level > 200 else 1.0 if level < 55 else (-1.0 if rng.random() < 0.5 else 1.0)
+        changed = window + sign * rng.uniform(1.0, 3.0) * spread * fade
+    elif mode == 1:  # local contrast raised or lowered around the local mean
+        mean = cv2.GaussianBlur(window, (0, 0), max(2.0, 0.5 * np.sqrt(n_target)), borderType=cv2.BORDER_REFLECT)
+        gain = 1.0 + (-1.0 if rng.random() < 0.5 else 1.0) * rng.uniform(0.4, 0.8)
+        changed = window + (gain - 1.0) * (window - mean) * fade
+    else:  # the part's own texture from elsewhere, blended in
+        h, w = mask.shape
+        H, W = image.shape[:2]
+        top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+        other = image[top : top + h, left : left + w].astype(np.float32)
+        other = other - other.mean((0, 1)) + window[mask].mean(0)  # same mean tone: only the texture differs
+        changed = window + fade * (other - window)
+    out = image.copy()
+    out[box][mask] = np.clip(np.rint(changed[mask]), 0, 255).astype(np.uint8)
+    full = np.zeros(image.shape[:2], bool)
+    full[box] = mask
+    return out, full
+
+
 def _inner(foreground: np.ndarray, margin: float) -> np.ndarray:
     """The foreground pixels at least ``margin`` px inside it (bool, same shape), or its deepest
     pixels when none is that deep, so that a patch centred there stays mostly on the part."""
@@ -323,7 +359,7 @@ def _scar(image: np.ndarray, rng: np.random.Generator, n_target: int, foreground
 
 
 _FAMILY_FUNCTIONS = {"cutpaste": _cutpaste, "scar": _scar, "perlin_texture": _perlin_texture,
-                     "perlin_patch": _perlin_patch}
+                     "perlin_patch": _perlin_patch, "matched": _matched}
 
 
 # ----------------------------------------------------------------------------- public
@@ -343,7 +379,7 @@ def synthetic_defect(
     empty at least one pixel inside it changed. The mask covers a fraction of the image
     drawn log-uniformly from ``area = (lo, hi)`` (``0 < lo <= hi <= 0.5``):
 
-    * ``perlin_texture``, ``perlin_patch``: within a few percent of the drawn fraction, all
+    * ``perlin_texture``, ``perlin_patch``, ``matched``: within a few percent of the drawn fraction, all
       on the foreground (``foreground``, by default ``foreground_mask(image)``), centred on a
       random foreground pixel. Less only when the foreground itself is smaller.
     * ``cutpaste``: a rectangle of the drawn fraction (its sides rounded to whole pixels),
@@ -390,9 +426,9 @@ def defect_suite(
 
     ``images``: RGB ``uint8 [H, W, 3]`` arrays (good images at the model input size).
     ``defected`` is ``[H, W, 3] uint8`` and ``mask`` bool ``[H, W]`` as in ``synthetic_defect``.
-    The k-th defect overall (k = 0, 1, ...) is of family ``FAMILIES[k % 4]`` and size range
+    The k-th defect overall (k = 0, 1, ...) is of family ``FAMILIES[k % 5]`` and size range
     ``SIZES[k % 3]`` (small 0.1-0.5 %, medium 0.5-2 %, large 2-10 % of the image), so every
-    12 consecutive defects hold each (family, size) pair once. The foreground of each image
+    15 consecutive defects hold each (family, size) pair once. The foreground of each image
     is estimated once. A mask is empty only where no draw could change the image (see
     ``synthetic_defect``); skip those.
     """

@@ -1,7 +1,6 @@
-"""Validating scoring candidates on the validation images (``model.training.validation_images``):
-every candidate's scores and maps from one feature pass, its figures (sensitivity, robustness),
-and the rule that chooses one (``choose``, ``RULE``); ``model.jobs.selection`` applies it to the
-fit's candidates and the defect head's training to its weights.
+"""Validating candidates on the validation images (``model.training.validation_images``): every
+candidate's scores and maps from one feature pass, and its figures (sensitivity, robustness);
+``model.training.rule`` chooses from them.
 """
 
 from __future__ import annotations
@@ -21,9 +20,6 @@ from model.training.described import Recording
 from model.training.validation_images import ValidationImages
 
 PSG_FAMILIES = ("cutpaste", "scar")  # the synthetic families PSG trains on (model.training.cutpaste)
-RULE = ("robust: nuisance shift <= shift_ratio x lowest + shift_margin; "
-        "then the highest sensitivity (mean of image AUROC, pixel AUROC, AU-PRO on goods + defects); "
-        "within tie_margin, the earlier candidate")
 
 
 @torch.inference_mode()
@@ -52,28 +48,50 @@ def score_candidates(inspectors: dict[str, Inspector], images: Sequence[np.ndarr
 
 
 def figures(scores: np.ndarray, maps: np.ndarray, images: ValidationImages, config: FitConfig,
-            leave_out: Sequence[str] = (), pixels: bool = True) -> dict:
-    """One candidate's validation figures from its scores and maps of ``images.all`` (in order);
-    the synthetic defects of the families ``leave_out`` do not count; without ``pixels`` the
-    sensitivity is the image AUROC alone."""
+            leave_out: Sequence[str] = (), pixels: bool = True, labelled_weight: float | None = None) -> dict:
+    """One candidate's validation figures from its scores and maps of ``images.all`` (in order).
+
+    * ``image_auroc``: the mean over synthetic families of each family's image AUROC against the
+      goods (faint families count as much as salient ones); ``pixel_auroc`` and ``au_pro`` over
+      all synthetic defects; ``sensitivity_synthetic`` their mean (without ``pixels`` the image
+      AUROC alone). The families ``leave_out`` do not count.
+    * with labelled defects, ``labelled`` (their three metrics against the goods) and
+      ``sensitivity_labelled``; ``sensitivity`` weighs them ``labelled_weight`` times the synthetic
+      one (by default ``selection.labelled_weight``: they dominate), else it is the synthetic one.
+    * ``nuisance_far``: per strength of ``selection.nuisance_strengths``, the share of nuisance
+      copies above the candidate's own threshold (``threshold``: the false-alarm-rate threshold of
+      the goods, as calibration sets it); ``nuisance_far_by_kind`` over every strength.
+    """
     goods, defects, copies, real = images.spans()
     good = np.asarray(goods)
-    defect = np.asarray(defects)[[f not in leave_out for f in images.defect_families]]
-    nuisance, labelled = slice(copies.start, copies.stop), slice(real.start, real.stop)
+    families = np.asarray(images.defect_families)
+    kept = [f for f in dict.fromkeys(images.defect_families) if f not in leave_out]
+    defect = np.asarray(defects)[np.isin(families, kept)] if kept else np.zeros(0, int)
     threshold = far_threshold(scores[good], config.calibration.image_false_alarm_rate)
-    synthetic = _against_goods(scores, maps, good, defect, images.defect_masks[defect - defects.start] if pixels else None)
-    flagged = scores[nuisance] > threshold
-    moved = nuisance_shift(scores[good], scores[nuisance], images.nuisance_sources, threshold)
-    kinds = {k: [i for i, kk in enumerate(images.nuisance_kinds) if kk == k] for k in dict.fromkeys(images.nuisance_kinds)}
-    row = {**synthetic, "sensitivity": _mean(synthetic), "threshold": threshold,
-           "nuisance_shift": float(np.median(moved)), "nuisance_far": float(np.mean(flagged)),
-           "nuisance_shift_by_kind": {k: float(np.median(moved[i])) for k, i in kinds.items()},
-           "nuisance_far_by_kind": {k: float(np.mean(flagged[i])) for k, i in kinds.items()}}
+    masks = images.defect_masks[defect - defects.start] if pixels else None
+    synthetic = _against_goods(scores, maps, good, defect, masks)
+    by_family = {f: metrics.auroc(np.r_[scores[good], scores[np.asarray(defects)[families == f]]],
+                                  np.r_[np.zeros(len(good)), np.ones(int(np.sum(families == f)))]) for f in kept}
+    synthetic["image_auroc"] = _mean(by_family) if by_family else None
+    row = {**synthetic, "sensitivity_synthetic": _mean(synthetic), "image_auroc_by_family": by_family,
+           "threshold": threshold, **robustness(scores[copies.start:copies.stop], threshold, images)}
+    row["sensitivity"] = row["sensitivity_synthetic"]
     if images.labelled:
-        real = _against_goods(scores, maps, good, labelled, images.labelled_masks if pixels else None)
-        row["labelled"] = real
-        row["sensitivity"] = (row["sensitivity"] + 2 * _mean(real)) / 3
+        real_block = _against_goods(scores, maps, good, slice(real.start, real.stop),
+                                    images.labelled_masks if pixels else None)
+        w = config.selection.labelled_weight if labelled_weight is None else labelled_weight
+        row.update(labelled=real_block, sensitivity_labelled=_mean(real_block),
+                   sensitivity=(row["sensitivity_synthetic"] + w * _mean(real_block)) / (1 + w))
     return row
+
+
+def robustness(copies: np.ndarray, threshold: float, images: ValidationImages) -> dict:
+    """The nuisance copies' scores ``[Nn]`` against the candidate's ``threshold``: the share flagged per
+    strength and per kind."""
+    flagged = copies > threshold
+    strengths, kinds = np.asarray(images.nuisance_strengths, float), np.asarray(images.nuisance_kinds)
+    return {"nuisance_far": {str(g): float(np.mean(flagged[strengths == g])) for g in dict.fromkeys(strengths)},
+            "nuisance_far_by_kind": {k: float(np.mean(flagged[kinds == k])) for k in dict.fromkeys(kinds)}}
 
 
 def _against_goods(scores: np.ndarray, maps: np.ndarray, good: np.ndarray, defects: np.ndarray | slice,
@@ -89,30 +107,9 @@ def _against_goods(scores: np.ndarray, maps: np.ndarray, good: np.ndarray, defec
                                 np.concatenate([maps[good], maps[defects]]), all_masks)
 
 
-def nuisance_shift(good: np.ndarray, changed: np.ndarray, sources: Sequence[int], threshold: float) -> np.ndarray:
-    """How far each nuisance copy moved its own good part's score, in units of the good parts'
-    margin to the threshold, on a log scale: ``(log s_changed - log s_source) / (log t - median log s_good)``.
-
-    Paired with its source, so the goods' own spread cancels; 1 means a typical good part
-    pushed all the way to the threshold. Unlike a false-alarm rate it does not saturate.
-    """
-    logs = np.log(np.maximum(good, 1e-12))
-    margin = max(float(np.log(threshold) - np.median(logs)), 1e-6)
-    return (np.log(np.maximum(changed, 1e-12)) - logs[np.asarray(sources, dtype=int)]) / margin
-
-
 def _mean(block: dict[str, float | None]) -> float:
     values = [v for v in block.values() if v is not None]
     return float(np.mean(values)) if values else 0.0
-
-
-def choose(table: dict[str, dict], config: FitConfig) -> str:
-    """The candidate to publish from the validation ``table`` (name -> figures), by ``RULE``."""
-    sel = config.selection
-    limit = sel.shift_ratio * min(row["nuisance_shift"] for row in table.values()) + sel.shift_margin
-    robust = [name for name, row in table.items() if row["nuisance_shift"] <= limit]
-    best = max(table[name]["sensitivity"] for name in robust)
-    return next(name for name in robust if table[name]["sensitivity"] >= best - sel.tie_margin)
 
 
 def fraction_scores(maps: np.ndarray, top_fraction: float) -> np.ndarray:

@@ -31,6 +31,7 @@ class ValidationImages:
     nuisance: list[np.ndarray]
     nuisance_kinds: list[str]
     nuisance_sources: list[int]  # index into goods of each nuisance copy's source
+    nuisance_strengths: list[float]  # each nuisance copy's strength (selection.nuisance_strengths)
     labelled: list[np.ndarray] = field(default_factory=list)  # real defects from fit --defects
     labelled_masks: np.ndarray | None = None  # [Nl, S, S] bool, when every one has a mask
 
@@ -52,7 +53,8 @@ class ValidationImages:
                        defect_sources=[*self.defect_sources, *(first + s for s in other.defect_sources)],
                        nuisance=[*self.nuisance, *other.nuisance],
                        nuisance_kinds=[*self.nuisance_kinds, *other.nuisance_kinds],
-                       nuisance_sources=[*self.nuisance_sources, *(first + s for s in other.nuisance_sources)])
+                       nuisance_sources=[*self.nuisance_sources, *(first + s for s in other.nuisance_sources)],
+                       nuisance_strengths=[*self.nuisance_strengths, *other.nuisance_strengths])
 
     def subset(self, goods: Sequence[int], nuisance: bool = True) -> tuple[ValidationImages, list[list[int]]]:
         """The images of the ``goods`` (indices) only, their synthetic defects and (with
@@ -67,7 +69,8 @@ class ValidationImages:
             defect_masks=self.defect_masks[defects], defect_families=[self.defect_families[k] for k in defects],
             defect_sources=[at[self.defect_sources[k]] for k in defects],
             nuisance=[self.nuisance[k] for k in copies], nuisance_kinds=[self.nuisance_kinds[k] for k in copies],
-            nuisance_sources=[at[self.nuisance_sources[k]] for k in copies])
+            nuisance_sources=[at[self.nuisance_sources[k]] for k in copies],
+            nuisance_strengths=[self.nuisance_strengths[k] for k in copies])
         return images, [list(goods), [in_defects[k] for k in defects], [in_nuisance[k] for k in copies]]
 
 
@@ -82,12 +85,12 @@ def validation_images(goods: Sequence[np.ndarray], config: FitConfig, labelled: 
 def made_images(goods: Sequence[np.ndarray], n_sources: int, rng: np.random.Generator, config: FitConfig,
                 nuisance: bool = True, labelled: Sequence[np.ndarray] = (),
                 labelled_masks: np.ndarray | None = None) -> ValidationImages:
-    """``selection.defects_per_image`` synthetic defects and (with ``nuisance``)
-    ``selection.nuisances_per_image`` nuisance copies of each of the first ``n_sources`` goods."""
+    """``selection.defects_per_image`` synthetic defects and (with ``nuisance``) one nuisance copy at
+    each of ``selection.nuisance_strengths`` of each of the first ``n_sources`` goods."""
     sel = config.selection
     sources = list(goods[:n_sources])
     made = defect_suite(sources, rng, sel.defects_per_image)
-    copies = nuisance_suite(sources, rng, sel.nuisances_per_image) if nuisance else []
+    copies = nuisance_suite(sources, rng, sel.nuisance_strengths) if nuisance else []
     size = goods[0].shape[0] if len(goods) else config.image_size
     return ValidationImages(
         goods=list(goods),
@@ -95,9 +98,10 @@ def made_images(goods: Sequence[np.ndarray], n_sources: int, rng: np.random.Gene
         defect_masks=np.stack([mask for _, _, mask, _ in made]) if made else np.zeros((0, size, size), bool),
         defect_families=[family for _, _, _, family in made],
         defect_sources=[index for index, _, _, _ in made],
-        nuisance=[image for _, image, _ in copies],
-        nuisance_kinds=[kind for _, _, kind in copies],
-        nuisance_sources=[index for index, _, _ in copies],
+        nuisance=[image for _, image, _, _ in copies],
+        nuisance_kinds=[kind for _, _, kind, _ in copies],
+        nuisance_sources=[index for index, _, _, _ in copies],
+        nuisance_strengths=[strength for *_, strength in copies],
         labelled=list(labelled),
         labelled_masks=labelled_masks,
     )
