@@ -40,11 +40,36 @@ class GaussianAccumulator:
         self.outer += x.transpose(1, 2) @ x
         self.n += x.shape[1]
 
-    def finalize(self, reg: float, shift_tolerance: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean ``[P, D]`` and inverse of (unbiased covariance + ``reg`` I) ``[P, D, D]``, float32.
+    def moments(self) -> dict[str, torch.Tensor]:
+        """What a later update needs to go on accumulating (``from_moments``): the count, the mean
+        ``[P, D]`` (float64) and the upper triangles of the centred second moments ``[P, T]``
+        (float32: centred, so float32 loses nothing that matters), and the grid."""
+        if self.n < 1 or self.sum is None or self.outer is None or self.grid is None:
+            raise ValueError("no moments accumulated")
+        mean = self.sum / self.n
+        centred = self.outer - self.n * mean.unsqueeze(2) * mean.unsqueeze(1)
+        return {"n": torch.tensor(self.n, dtype=torch.int64), "mean": mean,
+                "m2_triu": pack_symmetric(centred).float(), "grid": torch.tensor(self.grid, dtype=torch.int64)}
+
+    @classmethod
+    def from_moments(cls, tensors: dict[str, torch.Tensor], shift_tolerance: int = 0) -> GaussianAccumulator:
+        """An accumulator holding the moments ``moments`` wrote, ready for more ``update`` calls."""
+        acc = cls(shift_tolerance)
+        acc.n = int(tensors["n"])
+        acc.grid = tuple(int(v) for v in tensors["grid"])
+        mean = tensors["mean"].double()
+        acc.sum = mean * acc.n
+        acc.outer = unpack_symmetric(tensors["m2_triu"].double()) + acc.n * mean.unsqueeze(2) * mean.unsqueeze(1)
+        return acc
+
+    def finalize(self, reg: float, shift_tolerance: int | None = None,
+                 drift: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``[P, D]`` and inverse of (unbiased covariance + ``drift`` + ``reg`` I) ``[P, D, D]``, float32.
 
         ``shift_tolerance`` overrides the accumulator's own: one pass over the images serves
-        every tolerance.
+        every tolerance. ``drift [P, D, D]``: the covariance of the features' change under the
+        drift a line is expected to have between sessions (``model.training.drift``), averaged
+        over the neighbourhood like the moments.
         """
         if self.n < 2 or self.sum is None or self.outer is None or self.grid is None:
             raise ValueError("the Gaussian needs at least 2 training images")
@@ -54,8 +79,12 @@ class GaussianAccumulator:
             total = neighbourhood_sum(total, self.grid, r)
             outer = neighbourhood_sum(outer.flatten(1), self.grid, r).view_as(outer)
             n *= (2 * r + 1) ** 2
+            if drift is not None:
+                drift = neighbourhood_sum(drift.flatten(1), self.grid, r).view_as(drift) / (2 * r + 1) ** 2
         mean = total / n
         cov = (outer - n * mean.unsqueeze(2) * mean.unsqueeze(1)) / (n - 1)
+        if drift is not None:
+            cov = cov + drift.to(cov)
         cov += reg * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
         chol = torch.linalg.cholesky(cov)
         inv = torch.cholesky_inverse(chol)
