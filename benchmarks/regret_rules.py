@@ -52,7 +52,7 @@ def pick(table: dict, score: Callable[[str, str], float], robust: Callable[[str,
 
 # -- rules ------------------------------------------------------------------------------------
 
-ORDER = ("product", "product_shift5", "gaussian", "nns")
+ORDER = ("product_shift5", "product", "gaussian", "nns")  # as selection.candidates
 
 
 def current(fig: dict) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 
@@ -13,8 +14,12 @@ from tests.conftest import REPO
 
 def test_decoder_survives_a_short_coverage_guided_fuzz(tmp_path):
     pytest.importorskip("atheris")
+    # Linux keeps a process's peak RSS across fork and exec, and libFuzzer's limit reads that peak:
+    # the child starts at this (large) test process's peak, so the 4 GiB budget is added on top.
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     proc = subprocess.run(
         [sys.executable, "benchmarks/fuzz_decode.py", "-max_total_time=15", f"-artifact_prefix={tmp_path}/",
+         f"-rss_limit_mb={inherited_mb + 4096}",
          str(tmp_path / "corpus")],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
     )

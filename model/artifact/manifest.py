@@ -22,6 +22,10 @@ class ArtifactError(RuntimeError):
     """An artifact is missing, incomplete, tampered with or of an unknown format."""
 
 
+class RollbackError(ArtifactError):
+    """The live version has no parent to return to (it was fitted, or its parent is gone)."""
+
+
 @dataclass(frozen=True)
 class Normalization:
     mean: list[float]
@@ -49,6 +53,7 @@ class Training:
     fingerprint: str
     defects: DefectsRecord | None = None
     skipped: list[str] = field(default_factory=list)  # "<file>: <reason>" of undecodable images left out
+    sha256: list[str] = field(default_factory=list)  # of every good image learned from (an update skips these)
 
     @property
     def defect_hashes(self) -> list[str]:
@@ -77,6 +82,20 @@ class FitRecord:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """How an updated version came from its parent (``factory-inspect update``)."""
+
+    parent: str  # the parent's artifact id
+    at: str  # when, ISO 8601 UTC
+    added_goods: list[str]  # SHA-256 of the good images learned
+    added_defects: list[str]  # SHA-256 of the labelled defects added to the evidence
+    held_out: int  # of the added goods, how many joined the held-out goods (calibration)
+    chosen: str | None  # the scoring chosen now
+    parent_chosen: str | None  # the parent's
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Manifest:
     category: str
     created_at: str
@@ -89,6 +108,7 @@ class Manifest:
     artifact_id: str = "unsaved"
     files: dict[str, str] = field(default_factory=dict)  # file name -> SHA-256
     format_version: int = FORMAT_VERSION
+    lineage: Lineage | None = None  # an updated version: its parent and what it added
 
     def published(self, artifact_id: str, files: dict[str, str]) -> Manifest:
         """This manifest as written: with its id and the hashes of its files."""
@@ -140,4 +160,5 @@ def _parse(d: dict[str, Any]) -> Manifest:
         ),
         fit=FitRecord(**fit),
         files=dict(d["files"]),
+        lineage=Lineage(**d["lineage"]) if d.get("lineage") else None,
     )

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
-from model.artifact.manifest import ArtifactError
+from model.artifact.manifest import ArtifactError, Manifest, RollbackError
 from model.artifact.store import KEEP_VERSIONS, MANIFEST, read_manifest, validate_category, verify_files
 
 log = logging.getLogger(__name__)
@@ -129,15 +129,41 @@ class RemoteStore:
         for name in manifest.files:
             self.client.upload_file(str(folder / name), self.bucket, f"{version}/{name}")
         self.client.upload_file(str(folder / MANIFEST), self.bucket, f"{version}/{MANIFEST}")
-        pointer = {"artifact_id": manifest.artifact_id, "published_at": datetime.now(timezone.utc).isoformat()}
-        self.client.put_object(Bucket=self.bucket, Key=self.key(category, POINTER),
-                               Body=json.dumps(pointer).encode(), ContentType="application/json")
-        log.info("published %s to %s/%s", manifest.artifact_id, self.url, category)
-        self._prune(category, keep=manifest.artifact_id)
+        previous = self.pointer(category)
+        self._point(category, manifest.artifact_id)
+        self._prune(category, keep={manifest.artifact_id, previous, manifest.lineage.parent if manifest.lineage else None})
         return manifest.artifact_id
 
-    def _prune(self, category: str, keep: str) -> None:
-        """Delete versions of ``category`` beyond the newest ``KEEP_VERSIONS`` (the live one kept)."""
+    def rollback(self, category: str) -> tuple[str, str]:
+        """Point ``category`` back at the version its live one was updated from; returns (the
+        version left, the version now live). ``RollbackError`` without a kept parent."""
+        live = self.pointer(category)
+        if live is None:
+            raise ArtifactError(f"no artifact published for {category} under {self.url}")
+        manifest = self._manifest(category, live)
+        parent = manifest.lineage.parent if manifest.lineage else None
+        if parent is None:
+            raise RollbackError(f"{category}: the live version {live} was fitted, not updated: "
+                                "there is no parent to return to")
+        try:
+            self._manifest(category, parent)
+        except FileNotFoundError as exc:
+            raise RollbackError(f"{category}: the parent version {parent} is no longer kept") from exc
+        self._point(category, parent)
+        return live, parent
+
+    def _manifest(self, category: str, artifact_id: str) -> Manifest:
+        return Manifest.from_dict(json.loads(self._get(self.key(category, VERSIONS, artifact_id, MANIFEST))))
+
+    def _point(self, category: str, artifact_id: str) -> None:
+        pointer = {"artifact_id": artifact_id, "published_at": datetime.now(timezone.utc).isoformat()}
+        self.client.put_object(Bucket=self.bucket, Key=self.key(category, POINTER),
+                               Body=json.dumps(pointer).encode(), ContentType="application/json")
+        log.info("%s/%s now points at %s", self.url, category, artifact_id)
+
+    def _prune(self, category: str, keep: set[str | None]) -> None:
+        """Delete versions of ``category`` beyond the newest ``KEEP_VERSIONS``; those in ``keep``
+        (the live one, the one it replaced, the parent it was updated from) are always kept."""
         base = self.key(category, VERSIONS) + "/"
         newest: dict[str, datetime] = {}
         keys: dict[str, list[str]] = {}
@@ -146,8 +172,9 @@ class RemoteStore:
                 version = item["Key"][len(base):].partition("/")[0]
                 keys.setdefault(version, []).append(item["Key"])
                 newest[version] = max(newest.get(version, item["LastModified"]), item["LastModified"])
-        others = sorted((v for v in newest if v != keep), key=newest.__getitem__, reverse=True)
-        for old in others[KEEP_VERSIONS - 1:]:
+        kept = keep - {None}
+        others = sorted((v for v in newest if v not in kept), key=newest.__getitem__, reverse=True)
+        for old in others[max(0, KEEP_VERSIONS - len(kept)):]:
             for start in range(0, len(keys[old]), 1000):
                 chunk = [{"Key": k} for k in keys[old][start:start + 1000]]
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk})

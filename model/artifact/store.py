@@ -34,13 +34,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.artifact.manifest import ArtifactError, Manifest
+from model.artifact.manifest import ArtifactError, Manifest, RollbackError
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 VERSIONS_DIR = ".versions"
-KEEP_VERSIONS = 2  # the live one and the one before it (rollback)
+KEEP_VERSIONS = 2  # the live one and the one before it (its parent, when it was updated: rollback)
+# Files an artifact keeps for updates (model.jobs.updatable), which serving never loads
+FIT_ONLY = frozenset({"moments", "evidence"})
 CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TEST_PAUSE_ENV = "FACTORY_INSPECT_TEST_PAUSE"
 TEST_PAUSE_S = 120.0
@@ -146,9 +148,29 @@ def write_artifact(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    link = root / category
+    previous = os.readlink(link).rpartition("/")[2] if link.is_symlink() else None
     _publish(root, category, final)
-    _prune(root, category, keep=final.name)
+    _prune(root, category, keep={final.name, previous, full.lineage.parent if full.lineage else None})
     return root / category
+
+
+def rollback(root: Path | str, category: str) -> tuple[str, str]:
+    """Publish again the version the live ``<root>/<category>`` was updated from (its lineage's
+    parent, hash-verified first); returns (the version left, the version now live).
+    ``RollbackError`` when the live version has no parent or the parent is gone."""
+    root = Path(root)
+    live = read_manifest(root / validate_category(category))
+    parent = live.lineage.parent if live.lineage else None
+    if parent is None:
+        raise RollbackError(f"{category}: the live version {live.artifact_id} was fitted, not updated: "
+                            "there is no parent to return to")
+    folder = root / VERSIONS_DIR / parent
+    if not (folder / MANIFEST).is_file():
+        raise RollbackError(f"{category}: the parent version {parent} is no longer kept")
+    verify_files(folder, read_manifest(folder))
+    _publish(root, category, folder)
+    return live.artifact_id, parent
 
 
 def _publish(root: Path, category: str, target: Path) -> None:
@@ -166,14 +188,16 @@ def _publish(root: Path, category: str, target: Path) -> None:
     _fsync_dir(root)
 
 
-def _prune(root: Path, category: str, keep: str) -> None:
-    """Delete old versions of ``category`` beyond the newest ``KEEP_VERSIONS``."""
+def _prune(root: Path, category: str, keep: set[str | None]) -> None:
+    """Delete old versions of ``category`` beyond the newest ``KEEP_VERSIONS``; those in ``keep``
+    (the live one, the one it replaced, the parent it was updated from) are always kept."""
+    kept = keep - {None}
     versions = sorted(
-        (p for p in (root / VERSIONS_DIR).glob(f"{category}-*") if p.is_dir() and p.name != keep),
+        (p for p in (root / VERSIONS_DIR).glob(f"{category}-*") if p.is_dir() and p.name not in kept),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
-    for old in versions[KEEP_VERSIONS - 1 :]:
+    for old in versions[max(0, KEEP_VERSIONS - len(kept)):]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(f".tmp-{category}-*"):
         # Left by a killed fit; safe to remove (never published).
@@ -203,13 +227,15 @@ def verify_files(path: Path, manifest: Manifest) -> None:
             raise ArtifactError(f"{path}: {name} does not match its SHA-256 (corrupt or modified)")
 
 
-def load_artifact(path: Path | str) -> Artifact:
-    """Read an artifact folder, verifying every file's hash before any tensor is loaded."""
+def load_artifact(path: Path | str, fit_only: bool = False) -> Artifact:
+    """Read an artifact folder, verifying every file's hash before any tensor is loaded. The files
+    only an update reads (``FIT_ONLY``) are loaded with ``fit_only``."""
     path = Path(path).resolve()
     manifest = read_manifest(path)
     verify_files(path, manifest)
+    wanted = [name for name in manifest.files if fit_only or Path(name).stem not in FIT_ONLY]
     try:
-        tensors = {Path(name).stem: load_file(str(path / name)) for name in manifest.files}
+        tensors = {Path(name).stem: load_file(str(path / name)) for name in wanted}
     except Exception as exc:  # safetensors raises its own error types
         raise ArtifactError(f"{path}: unreadable tensors: {exc}") from exc
     return Artifact(path=path, manifest=manifest, tensors=tensors)

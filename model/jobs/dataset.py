@@ -57,12 +57,12 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def fingerprint(files: Sequence[Path]) -> str:
-    """SHA-256 over the names and contents of ``files``."""
+def fingerprint(files: Sequence[Path], hashes: Sequence[str] | None = None) -> str:
+    """SHA-256 over the names and contents of ``files`` (``hashes``: their SHA-256, when known)."""
     h = hashlib.sha256()
-    for f in files:
+    for i, f in enumerate(files):
         h.update(f.name.encode())
-        h.update(bytes.fromhex(file_sha256(f)))
+        h.update(bytes.fromhex(hashes[i] if hashes is not None else file_sha256(f)))
     return h.hexdigest()
 
 

@@ -99,6 +99,10 @@ class Variant:
     n_patches: int
     psg: PSGReport | None
     head: DefectHead | None = None
+    # what an update goes on from (model.jobs.updatable): the extraction's whole memory bank and
+    # Gaussian moments, whichever branches this variant scores with
+    extraction_bank: MemoryBank | None = None
+    moments: GaussianAccumulator | None = None
 
     @property
     def bank_size(self) -> int:
@@ -148,7 +152,7 @@ class Parts:
         """The fitted ``config`` (this config with other branch switches or shift tolerance)."""
         gaussian = self.gaussian(config.gaussian.shift_tolerance, watch) if config.gaussian.enabled else None
         return Variant(config, self.features, self.bank if config.nns.enabled else None, gaussian,
-                       self.mean, self.std, self.n_patches, self.psg)
+                       self.mean, self.std, self.n_patches, self.psg, extraction_bank=self.bank, moments=self.moments)
 
 
 def fit_parts(config: FitConfig, files: Sequence[Path], device: str, progress: ProgressFactory, watch: Timer,

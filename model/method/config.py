@@ -163,13 +163,17 @@ class SelectionConfig:
     (``model/training/rule.py``).
 
     ``candidates`` are names of ``SCORING_CANDIDATES`` in order of preference: a tie goes to
-    the earlier one. The paper's product comes first, then the same with a shift tolerance,
-    then the single branches, which drop information. See ``model/jobs/selection.py``.
+    the earlier one (and a folder too small to validate gets the first). The paper's product
+    with a shift tolerance comes first: validation never sees the line's later sessions, and
+    among candidates that find defects equally well and flag nuisance copies equally rarely,
+    the one that tolerates a part moved by a few cells is the one that keeps its accuracy
+    there (docs/lab/issue-34-selection.md). Then the plain product, then the single branches,
+    which drop information. See ``model/jobs/selection.py``.
     """
 
     # product_shift2 is available but not validated by default: it was never the best on our
     # data and each extra tolerance costs a Gaussian finalize (docs/lab/issue-16-selection.md).
-    candidates: tuple[str, ...] = ("product", "product_shift5", "gaussian", "nns")
+    candidates: tuple[str, ...] = ("product_shift5", "product", "gaussian", "nns")
     max_images: int = 32  # held-out goods that get synthetic defects and nuisance copies
     defects_per_image: int = 1
     # Each of those goods gets one nuisance copy per strength (graded, so that candidates that all

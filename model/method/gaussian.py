@@ -40,6 +40,19 @@ class GaussianAccumulator:
         self.outer += x.transpose(1, 2) @ x
         self.n += x.shape[1]
 
+    def merge(self, other: GaussianAccumulator) -> None:
+        """Add ``other``'s images (the same grid and dims) to these moments."""
+        if other.sum is None:
+            return
+        if self.sum is None:
+            self.sum, self.outer, self.grid = other.sum.clone(), other.outer.clone(), other.grid
+        else:
+            if other.grid != self.grid or other.sum.shape != self.sum.shape:
+                raise ValueError(f"cannot merge moments of grid {other.grid} into {self.grid}")
+            self.sum += other.sum
+            self.outer += other.outer
+        self.n += other.n
+
     def moments(self) -> dict[str, torch.Tensor]:
         """What a later update needs to go on accumulating (``from_moments``): the count, the mean
         ``[P, D]`` (float64) and the upper triangles of the centred second moments ``[P, T]``

@@ -8,8 +8,10 @@ being where a perfectly robust candidate sits); candidates within ``selection.ro
 that count as equally robust and the earliest in the order wins. A candidate that finds little
 is never near-best, so it can never set the bar; a robust candidate is preferred only among
 those that find as much. Measured against the real test metrics of every candidate
-(docs/lab/issue-34-selection.md): on one of our bottles the paper's product and the product with
-a shift tolerance are equally sensitive, and only the second survives a later session.
+(docs/lab/issue-34-selection.md): on our bottles the paper's product and the product with a
+shift tolerance are equally sensitive and flag nuisance copies about as often (which of the two
+flags fewer changes from one draw of the validation images to the next), and only the second
+survives a later session; so the order puts the shift tolerance first.
 
 **Choosing an improvement** (``choose_improvement``, ``IMPROVEMENT_RULE``; PSG and the defect
 head's weight): the candidates whose nuisance copies are flagged at most ``selection.robust_margin``
