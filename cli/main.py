@@ -1,4 +1,4 @@
-"""``factory-inspect``: fit, evaluate, serve and demo.
+"""``factory-inspect``: fit, evaluate, serve and demo (update and rollback: ``cli.update``).
 
 The command names, flags and meanings of ``fit``, ``evaluate`` and ``serve`` are a
 stable contract (see README). Long work shows progress bars on stderr.
@@ -320,6 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default=None, choices=["fp32", "fp16", "bf16"],
                    help="CUDA feature-path precision (default: fp32, or FACTORY_INSPECT_PRECISION)")
     s.set_defaults(func=cmd_serve)
+
+    from cli.update import add_parsers as add_update_parsers
+
+    add_update_parsers(sub)
 
     d = sub.add_parser("demo", help="generate data (or use --data), fit, serve, inspect one image")
     d.add_argument("--workdir", default="demo-output")

@@ -66,11 +66,12 @@ class UpdateReport:
 
 
 def update(artifact: Path | str, goods: list[Path] = (), defects: list[TestSample] = (), device: str = "cpu",
-           progress: ProgressFactory = silent_progress) -> UpdateReport:
+           progress: ProgressFactory = silent_progress, on_stage=None) -> UpdateReport:
     """Publish a new version of the category ``artifact`` (``<root>/<category>``) that has learned
-    the good images ``goods`` and the labelled ``defects`` (``dataset.list_defects``)."""
+    the good images ``goods`` and the labelled ``defects`` (``dataset.list_defects``); ``on_stage``
+    is told each stage's name as it starts."""
     artifact = Path(artifact)
-    watch = Timer(torch.device(device))
+    watch = Timer(torch.device(device), on_stage)
     with watch.stage("load"):
         parent = load_artifact(artifact, fit_only=True)
     m = parent.manifest

@@ -21,12 +21,15 @@ MAX_GRAPH_BATCH = 64  # larger batches run eagerly: launch overhead is small nex
 class Timer:
     """Stage wall times in ms; synchronises CUDA so a stage's time is its own."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, on_stage: Callable[[str], None] | None = None) -> None:
         self.device = device
         self.ms: dict[str, float] = {}
+        self.on_stage = on_stage  # told each stage's name as it starts (a job's progress)
 
     @contextmanager
     def stage(self, name: str):
+        if self.on_stage is not None:
+            self.on_stage(name)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         start = time.perf_counter()
