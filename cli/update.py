@@ -35,7 +35,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     from model.jobs.update import update_into
 
     goods = list_images(args.goods) if args.goods else []
-    defects = list_defects(args.defects) if args.defects else []
+    defects = [d for folder in args.defects for d in list_defects(folder)]
     write_status(args.status_file, stage="start")
     try:
         report, location = update_into(args.artifact, goods=goods, defects=defects, device=args.device,
@@ -63,6 +63,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from model.artifact.manifest import ArtifactError, RollbackError
+    from model.artifact.source import rollback
 
     try:
         left, live = rollback(args.artifact)
@@ -75,24 +76,13 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def rollback(artifact: str) -> tuple[str, str]:
-    """Return ``<root>/<category>`` (or ``s3://.../<category>``) to its parent version."""
-    from model.artifact.remote import RemoteStore
-    from model.artifact.source import is_remote
-    from model.artifact.store import rollback as rollback_local
-
-    prefix, _, category = str(artifact).rstrip("/").rpartition("/")
-    if is_remote(artifact):
-        return RemoteStore(prefix).rollback(category)
-    return rollback_local(Path(prefix or "."), category)
-
-
 def add_parsers(sub) -> None:
     u = sub.add_parser("update", help="learn confirmed goods (and labelled defects) into a new version of a category")
     u.add_argument("--artifact", required=True, help="<root>/<category>, or s3://bucket/prefix/<category>")
     u.add_argument("--goods", help="a folder of good images (false alarms confirmed at the line)")
-    u.add_argument("--defects", help="labelled defects, as <dir>/test/<type>/*.png with optional "
-                   "<dir>/ground_truth/<type>/<stem>_mask.png")
+    u.add_argument("--defects", action="append", default=[],
+                   help="labelled defects, as <dir>/test/<type>/*.png with optional <dir>/ground_truth/<type>/"
+                   "<stem>_mask.png (repeat for folders with and without masks)")
     u.add_argument("--device", default="cpu")
     u.add_argument("--status-file", default=None, help="rewrite this JSON file at each stage (for a job runner)")
     u.set_defaults(func=cmd_update)

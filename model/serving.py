@@ -5,12 +5,12 @@ the runtime (artifact loading, decoding, the Inspector and its verdict) and neve
 training stack.
 """
 
-from model.artifact.manifest import Manifest
-from model.artifact.source import ArtifactSource, is_remote, open_source
-from model.artifact.store import ArtifactError, list_categories, read_manifest, validate_category
+from model.artifact.manifest import Manifest, RollbackError
+from model.artifact.source import ArtifactSource, is_remote, open_source, rollback
+from model.artifact.store import ArtifactError, list_categories, read_manifest, validate_category, version_manifest
 from model.method.calibration import Thresholds
 from model.reporting.overlays import colorize, overlay
-from model.runtime.imageio import ImageDecodeError, allow_decoding_up_to, decode_image
+from model.runtime.imageio import ImageDecodeError, allow_decoding_up_to, decode_image, resize_rgb
 from model.runtime.inspector import Inspector
 from model.runtime.process import configure_device, gpu_memory_bytes, set_torch_threads
 from model.runtime.verdict import MAX_REGIONS, InspectionResult, NonFiniteResult, Region, Verdict
@@ -26,6 +26,7 @@ __all__ = [
     "Manifest",
     "NonFiniteResult",
     "Region",
+    "RollbackError",
     "Thresholds",
     "Verdict",
     "colorize",
@@ -37,6 +38,9 @@ __all__ = [
     "open_source",
     "overlay",
     "read_manifest",
+    "resize_rgb",
+    "rollback",
     "set_torch_threads",
     "validate_category",
+    "version_manifest",
 ]

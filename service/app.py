@@ -18,12 +18,14 @@ from fastapi import FastAPI
 
 from model.serving import allow_decoding_up_to, configure_device, set_torch_threads
 from service.errors import install_error_handlers
+from service.feedback import FeedbackStore
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.pipeline import Pipeline
 from service.registry import Registry
-from service.routers import categories, health, inspect, page, recent, v2
+from service.routers import categories, feedback, health, inspect, page, recent, v2
 from service.settings import Settings
+from service.updates import Updates
 
 log = logging.getLogger("service.app")
 
@@ -44,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = registry
     app.state.pipeline = Pipeline(settings, metrics)
+    store = FeedbackStore(settings.feedback_root, settings.feedback_per_category) if settings.feedback_root else None
+    app.state.updates = Updates(registry, store, settings.device)
     metrics.track_drift(registry.drift_snapshots)
     install_error_handlers(app)
     # Added innermost first: the request context wraps the body limit.
@@ -51,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=metrics, category_label=registry.metric_label)
     app.include_router(inspect.router)
     app.include_router(categories.router)
+    app.include_router(feedback.router)
     app.include_router(recent.router)
     app.include_router(health.router)
     app.include_router(page.router)
@@ -75,6 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         uninstall()
+        await app.state.updates.close()
         await registry.close()
         if settings.torch_threads:
             set_torch_threads(previous_threads)

@@ -1,4 +1,4 @@
-"""Typed FastAPI dependencies: settings, registry, metrics, the inspect pipeline, auth, category lookup."""
+"""Typed FastAPI dependencies: settings, registry, metrics, the inspect pipeline, updates, auth, category lookup."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from service.metrics import Metrics
 from service.pipeline import Pipeline
 from service.registry import Registry
 from service.settings import Settings
+from service.updates import Updates
 
 
 def get_settings(request: Request) -> Settings:
@@ -35,10 +36,15 @@ def get_pipeline(request: Request) -> Pipeline:
     return request.app.state.pipeline
 
 
+def get_updates(request: Request) -> Updates:
+    return request.app.state.updates
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+UpdatesDep = Annotated[Updates, Depends(get_updates)]
 
 
 def _bearer_token(request: Request) -> str | None:

@@ -175,9 +175,11 @@ async def _record_recent(category: Category, images: list[np.ndarray], inspectio
     if not category.recent.enabled:
         return
     now = datetime.now(timezone.utc)
+    inspector = category.inspector
+    size = inspector.manifest.config.image_size if inspector is not None and inspector.manifest else None
 
     def entries() -> list[RecentEntry]:
-        return [RecentEntry.of(now, image, i.verdict, i.filename, i.result.artifact_id, inspection.request_id)
+        return [RecentEntry.of(now, image, i.verdict, i.filename, i.result.artifact_id, inspection.request_id, size)
                 for image, i in zip(images, inspection.images, strict=True)]
 
     try:

@@ -68,5 +68,10 @@ class RecentInspections:
         entries.reverse()
         return entries if n is None else entries[:n]
 
+    def of_request(self, request_id: str) -> list[RecentEntry]:
+        """The entries of one request, in the request's image order (empty when none is kept)."""
+        with self._lock:
+            return [e for e in self._ring if e.request_id == request_id]
+
     def __len__(self) -> int:
         return len(self._ring)

@@ -6,13 +6,13 @@ this module and not each other's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import cv2
 import numpy as np
 
-from model.serving import Verdict
+from model.serving import Verdict, resize_rgb
 
 THUMBNAIL_PX = 96  # longer side of a thumbnail
 JPEG_QUALITY = 80
@@ -31,13 +31,20 @@ class RecentEntry:
     artifact_id: str
     request_id: str
     thumbnail: bytes  # JPEG
+    size: tuple[int, int] | None = None  # the inspected image's width and height
+    # The image as the model saw it (RGB uint8 at the input size), in memory only: what a
+    # confirmation of this inspection stores (``service.feedback``).
+    model_input: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, time: datetime, image: np.ndarray, verdict: Verdict, filename: str | None, artifact_id: str,
-           request_id: str) -> RecentEntry:
-        """Blocking (the thumbnail): the entry of the decoded ``image [H, W, 3]`` and its verdict."""
+           request_id: str, input_size: int | None = None) -> RecentEntry:
+        """Blocking (the thumbnail): the entry of the decoded ``image [H, W, 3]`` and its verdict;
+        with ``input_size``, the image at the model's input size too."""
+        height, width = image.shape[:2]
         return cls(time, filename, verdict.score, verdict.threshold, verdict.is_anomalous, len(verdict.regions),
-                   artifact_id, request_id, thumbnail(image))
+                   artifact_id, request_id, thumbnail(image), (width, height),
+                   resize_rgb(image, input_size) if input_size else None)
 
 
 def thumbnail(image: np.ndarray, size: int = THUMBNAIL_PX) -> bytes:

@@ -77,7 +77,7 @@ class RecentStore:
 
 def _write_entry(folder: Path, stem: str, entry: RecentEntry) -> None:
     (folder / f"{stem}.jpg").write_bytes(entry.thumbnail)
-    fields = {k: v for k, v in asdict(entry).items() if k != "thumbnail"}
+    fields = {k: v for k, v in asdict(entry).items() if k not in ("thumbnail", "model_input")}
     fields["time"] = entry.time.isoformat()
     tmp = folder / f".{stem}.json.tmp"
     tmp.write_text(json.dumps(fields))
@@ -87,6 +87,7 @@ def _write_entry(folder: Path, stem: str, entry: RecentEntry) -> None:
 def _read_entry(folder: Path, stem: str) -> RecentEntry:
     fields = json.loads((folder / f"{stem}.json").read_text())
     fields["time"] = datetime.fromisoformat(fields["time"])
+    fields["size"] = tuple(fields["size"]) if fields.get("size") else None
     return RecentEntry(**fields, thumbnail=(folder / f"{stem}.jpg").read_bytes())
 
 

@@ -75,6 +75,15 @@ class Settings(BaseSettings):
         1000, ge=1, description="most inspections kept on disk per category (oldest removed first)"
     )
 
+    # The line teaches the model (service.feedback, service.updates)
+    feedback_dir: Path | None = Field(
+        None, description="confirmations from the line wait here for an update (default: <artifacts>/.feedback "
+        "for a local artifacts folder; with s3:// artifacts set it, or confirmations are off)"
+    )
+    feedback_per_category: int = Field(
+        1000, ge=1, description="most confirmations waiting per category; then 409 until an update learns them"
+    )
+
     # Security
     api_key: SecretStr | None = Field(
         None, description="when set, /inspect and reload need 'Authorization: Bearer <api_key>'"
@@ -84,7 +93,14 @@ class Settings(BaseSettings):
     )
     reload_on_sighup: bool = Field(True, description="SIGHUP reloads every category (main thread only)")
 
-    @field_validator("recent_dir", mode="before")
+    @property
+    def feedback_root(self) -> Path | None:
+        """Where confirmations are kept (None: off)."""
+        if self.feedback_dir is not None:
+            return self.feedback_dir
+        return None if isinstance(self.artifacts, str) else Path(self.artifacts) / ".feedback"
+
+    @field_validator("recent_dir", "feedback_dir", mode="before")
     @classmethod
     def _empty_is_off(cls, value: object) -> object:
         """``FACTORY_INSPECT_RECENT_DIR=`` (empty) means off, not the working directory."""

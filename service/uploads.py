@@ -78,7 +78,7 @@ async def _read_multipart(request: Request, max_images: int) -> Uploads:
                 raise ApiError(422, "missing_file", "multipart body has no 'file' or 'files' part")
             if len(parts) > max_images:
                 raise too_many_images(max_images)
-            items = [await _read_part(name, part) for name, part in parts]
+            items = [await read_part(name, part) for name, part in parts]
     except PayloadTooLarge:
         raise
     except StarletteHTTPException as exc:  # python-multipart limits and syntax errors
@@ -96,7 +96,7 @@ def too_many_images(max_images: int) -> ApiError:
     return ApiError(413, "too_many_images", f"more than {max_images} images in one request")
 
 
-async def _read_part(name: str, part: UploadFile | str) -> Upload:
+async def read_part(name: str, part: UploadFile | str) -> Upload:
     if not isinstance(part, UploadFile):
         raise ApiError(422, "missing_file", f"form field '{name}' must be a file upload, not text")
     data = await part.read()

@@ -54,6 +54,7 @@ class Training:
     defects: DefectsRecord | None = None
     skipped: list[str] = field(default_factory=list)  # "<file>: <reason>" of undecodable images left out
     sha256: list[str] = field(default_factory=list)  # of every good image learned from (an update skips these)
+    image_size: list[int] | None = None  # width, height of the first training image (confirmations must match)
 
     @property
     def defect_hashes(self) -> list[str]:

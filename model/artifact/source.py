@@ -84,3 +84,16 @@ def open_source(spec: Path | str, cache: Path | str | None = None) -> ArtifactSo
 
         return RemoteSource(str(spec), Path(cache) if cache else default_cache())
     return LocalSource(spec)
+
+
+def rollback(artifact: Path | str) -> tuple[str, str]:
+    """Return ``<root>/<category>`` (or ``s3://bucket/prefix/<category>``) to the version it was
+    updated from; (the version left, the version now live). ``RollbackError`` without a parent."""
+    prefix, _, category = str(artifact).rstrip("/").rpartition("/")
+    if is_remote(artifact):
+        from model.artifact.remote import RemoteStore
+
+        return RemoteStore(prefix).rollback(category)
+    from model.artifact.store import rollback as rollback_local
+
+    return rollback_local(Path(prefix or "."), category)

@@ -204,6 +204,11 @@ def _prune(root: Path, category: str, keep: set[str | None]) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def version_manifest(root: Path | str, artifact_id: str) -> Manifest:
+    """The manifest of a kept version of a category (``ArtifactError`` when it is not kept)."""
+    return read_manifest(Path(root) / VERSIONS_DIR / validate_category(artifact_id))
+
+
 def read_manifest(path: Path | str) -> Manifest:
     path = Path(path)
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from model.runtime.imageio import ImageDecodeError, read_image
 
@@ -51,6 +52,12 @@ def split_decodable(files: Sequence[Path]) -> tuple[list[Path], list[str]]:
         else:
             good.append(f)
     return good, bad
+
+
+def image_size(path: Path) -> list[int]:
+    """Width and height of the image at ``path``, from its header."""
+    with Image.open(path) as image:
+        return list(image.size)
 
 
 def file_sha256(path: Path) -> str:
