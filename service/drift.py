@@ -147,10 +147,12 @@ def judge(count: int, ratio: float | None, rate: float | None, alarms: int,
 
 def _shifted(ratio: float, urgency: str) -> str:
     return (f"good parts now score {ratio:.2f}x their fit-time median ({urgency}): check the lighting, "
-            "the camera focus and the fixture; if the change is intended, re-fit with recent good images")
+            "the camera focus and the fixture; if the change is intended, confirm 20 or so recent good parts "
+            "as good (the page's recent list, or POST /categories/<c>/feedback) and update the model")
 
 
 def _flagged(rate: float, expected: float) -> str:
     return (f"{rate:.1%} of recent parts are above the threshold against {expected:.1%} expected, while the "
             "median is steady: look at the flagged parts; real defects mean a process problem, good parts "
-            "mean a local change (lighting in one area, fixture): fix it or re-fit with recent good images")
+            "mean a local change (lighting in one area, fixture): fix it, or confirm those good parts as false "
+            "alarms and update the model (POST /categories/<c>/feedback, then .../update)")

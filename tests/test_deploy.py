@@ -551,7 +551,8 @@ def test_promtool_accepts_config_and_dashboard_queries(tmp_path) -> None:
 
 def test_artifacts_folder_is_tracked_and_mounted() -> None:
     """The default artifacts root exists in the repo (its README.md tracked, fits ignored), is
-    the folder the compose server mounts read-only and serves, and stays out of the image."""
+    the folder the compose server mounts (writable: updates publish there) and serves, and stays out
+    of the image."""
     readme = REPO / "artifacts" / "README.md"
     assert readme.is_file()
     if shutil.which("git") is None or not (REPO / ".git").exists():
@@ -563,6 +564,6 @@ def test_artifacts_folder_is_tracked_and_mounted() -> None:
     args = parse_cli(inspect["command"])
     mounts = [v.split(":") for v in inspect["volumes"]]
     source, _, mode = next(m + [""] * (3 - len(m)) for m in mounts if m[1] == args.artifacts)
-    assert (COMPOSE.parent / source).resolve() == readme.parent.resolve() and mode == "ro"
+    assert (COMPOSE.parent / source).resolve() == readme.parent.resolve() and mode == ""
     assert "artifacts" in (REPO / ".dockerignore").read_text().split()
     assert Settings.model_fields["artifacts"].default == Path("artifacts")

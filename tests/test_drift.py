@@ -57,7 +57,7 @@ def test_the_ratio_cut_offs(score, status) -> None:
     snap = tracked([score] * 10).snapshot()
     assert snap.ratio == pytest.approx(score / 10.0) and snap.status == status
     if status != "ok":
-        assert f"{score / 10:.2f}x" in snap.hint and "lighting" in snap.hint and "re-fit" in snap.hint
+        assert f"{score / 10:.2f}x" in snap.hint and "lighting" in snap.hint and "update the model" in snap.hint
 
 
 def test_the_median_ignores_a_minority_of_defects() -> None:
