@@ -55,7 +55,9 @@ class ClusterArgs(BaseModel):
     max_ongoing_requests: int = Field(32, ge=1)
 
     def server_settings(self) -> dict[str, Any]:
-        base = {"artifacts": self.artifacts, "artifact_cache": self.artifact_cache, "reload_on_sighup": False}
+        # Replicas notice a version published elsewhere (an update, a rollback) within reload_poll_s.
+        base = {"artifacts": self.artifacts, "artifact_cache": self.artifact_cache, "reload_on_sighup": False,
+                "reload_poll_s": 10.0}
         if self.replica_gpus > 0:
             base["device"] = "cuda"
         return {**base, **self.settings}

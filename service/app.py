@@ -73,17 +73,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     allow_decoding_up_to(settings.max_pixels)
     app.state.metrics.track_gpu_memory(settings.device)
     uninstall = lambda: None  # noqa: E731
+    poller = None
     try:
         await registry.start()
         if settings.reload_on_sighup:
             uninstall = install_sighup_reload(registry)
+        if settings.reload_poll_s > 0:
+            poller = asyncio.create_task(poll_published(registry, settings.reload_poll_s), name="reload-poll")
         yield
     finally:
+        if poller is not None:
+            poller.cancel()
         uninstall()
         await app.state.updates.close()
         await registry.close()
         if settings.torch_threads:
             set_torch_threads(previous_threads)
+
+
+async def poll_published(registry: Registry, interval_s: float) -> None:
+    """Reload every category whose published version changed, every ``interval_s`` (until cancelled)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await registry.reload_all()
+        except Exception:  # a bucket that does not answer now: try again next time
+            log.exception("polling the published versions")
 
 
 def install_sighup_reload(registry: Registry) -> Callable[[], None]:

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
         None, description="bearer key for the reload endpoint (default: api_key; neither set: loopback only)"
     )
     reload_on_sighup: bool = Field(True, description="SIGHUP reloads every category (main thread only)")
+    reload_poll_s: float = Field(
+        0.0, ge=0, description="every this many seconds, reload the categories whose published version changed "
+        "(an update or rollback made elsewhere: cluster mode sets 10; 0: off)"
+    )
 
     @property
     def feedback_root(self) -> Path | None:

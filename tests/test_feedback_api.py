@@ -235,3 +235,21 @@ def test_inspection_goes_on_without_a_failed_request_through_an_update_and_a_rol
             for w in workers:
                 w.join()
     assert failures == [] and len(answered) > 10, failures[:5]
+
+
+def test_a_version_published_elsewhere_is_picked_up_by_polling(root, tiny_data, tmp_path):
+    """What every cluster replica does (reload_poll_s): an update or rollback made by another process
+    is served without a reload call."""
+    from model.artifact.source import rollback
+    from model.jobs.dataset import list_images
+    from model.jobs.demo_data import generate_category
+    from model.jobs.update import update
+
+    goods = list_images(generate_category(tmp_path / "more", kind="tiles", n_train=4, n_test_good=1,
+                                          n_test_defect=1, size=128, seed=9) / "train" / "good")
+    with local(create_app(Settings(artifacts=root, reload_poll_s=0.05))) as client:
+        first = client.get("/categories/cat").json()["artifact_id"]
+        new = update(root / "cat", goods=goods).artifact_id
+        wait_until(lambda: client.get("/categories/cat").json()["artifact_id"] == new, "the poll to load the update")
+        rollback(root / "cat")
+        wait_until(lambda: client.get("/categories/cat").json()["artifact_id"] == first, "the poll to load the rollback")
