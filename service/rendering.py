@@ -42,7 +42,10 @@ def png_base64(image: np.ndarray, compression: int) -> str:
     """RGB ``[H, W, 3]`` or gray ``[H, W]`` ``uint8`` -> base64 PNG."""
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    # One fixed "up" filter instead of libpng's per-row search: on a 900x900 heat map about 40 % less
+    # time and a smaller file (the maps are smooth vertically); a mask about half the time.
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression,
+                                           cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return base64.b64encode(buf.tobytes()).decode("ascii")
