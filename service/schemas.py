@@ -168,6 +168,8 @@ class RecentItem(Finite):
     artifact_id: str
     request_id: str
     thumbnail: str = Field(description="base64 JPEG of the input, at most 96 px on its longer side")
+    width: int | None = Field(None, description="the inspected image's width (a confirmation's box is in its pixels)")
+    height: int | None = Field(None, description="the inspected image's height (null: not recorded)")
 
 
 class RecentList(BaseModel):

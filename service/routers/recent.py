@@ -16,9 +16,11 @@ router = APIRouter(prefix="/categories", tags=["categories"])
 
 
 def recent_item(entry: RecentEntry) -> RecentItem:
+    width, height = entry.size or (None, None)
     return RecentItem(time=entry.time, filename=entry.filename, score=entry.score, threshold=entry.threshold,
                       is_anomalous=entry.is_anomalous, regions=entry.regions, artifact_id=entry.artifact_id,
-                      request_id=entry.request_id, thumbnail=base64.b64encode(entry.thumbnail).decode("ascii"))
+                      request_id=entry.request_id, thumbnail=base64.b64encode(entry.thumbnail).decode("ascii"),
+                      width=width, height=height)
 
 
 @router.get(

@@ -1,67 +1,52 @@
-// Every request of the page: the API key (asked once on a 401, kept in sessionStorage only)
-// and API errors turned into sentences.
+// Every request of the page, with its key: the API key (asked once on a 401, kept in
+// sessionStorage only), or for what changes the model (confirmations, updates, rollbacks) the
+// reload key, which is the API key unless the server has a separate one.
 
-const STORAGE = "factory-inspect.api-key";
+import { ApiFailure } from "./explain.js";
+
+export { explain } from "./explain.js";
+
+const STORAGE = { api: "factory-inspect.api-key", reload: "factory-inspect.reload-key" };
+const ASK = {
+  api: { title: "API key", first: "This server asks for an API key.",
+    refused: "The server refused that API key. Enter the right one." },
+  reload: { title: "Reload key",
+    first: "Confirming parts, updating the model and rolling it back need the reload key.",
+    refused: "The server refused that key for changing the model. Enter the reload key." },
+};
 let asking = null; // the open key dialog's promise: concurrent 401s share one question
 
-export class ApiFailure extends Error {
-  constructor(status, code, message, requestId) {
-    super(message);
-    this.status = status;
-    this.code = code;
-    this.requestId = requestId;
-  }
-}
-
-const EXPLAIN = {
-  invalid_image: "This file is not an image the server can read (PNG, JPEG, BMP or TIFF), or it is damaged.",
-  unsupported_format: "This image format is not accepted: use PNG, JPEG, BMP or TIFF.",
-  unsupported_media_type: "This upload is not accepted: use PNG, JPEG, BMP or TIFF images.",
-  payload_too_large: "The upload is larger than the server accepts.",
-  image_too_large: "The image has more pixels than the server accepts.",
-  too_many_images: "Too many images at once for the server.",
-  empty_file: "The file is empty.",
-  unknown_category: "The server does not know this category.",
-  artifact_unavailable: "This category is not serving: its model failed to load or is still loading.",
-  overloaded: "The server is busy: try again in a moment.",
-  deadline_exceeded: "The server took too long to answer.",
-  unauthorized: "The API key is missing or was refused.",
-  internal_error: "The server failed; its log has the request id below.",
-  unreachable: "The server cannot be reached.",
-};
-
-/** A readable sentence for a failure, with the server's own message, status, code and request id. */
-export function explain(failure, what) {
-  const lead = EXPLAIN[failure.code] || "The request failed.";
-  const id = failure.requestId ? `, request ${failure.requestId}` : "";
-  const status = failure.status ? `HTTP ${failure.status} ` : "";
-  return `${what ? what + ": " : ""}${lead} Server: “${failure.message}” (${status}${failure.code}${id}).`;
-}
-
 export function storedKey() {
-  return sessionStorage.getItem(STORAGE);
+  return sessionStorage.getItem(STORAGE.api);
+}
+
+/** The key a request sends: for what changes the model the reload key when one was given,
+ * else the API key. */
+function keyFor(kind) {
+  return (kind === "reload" && sessionStorage.getItem(STORAGE.reload)) || storedKey();
 }
 
 export function forgetKey() {
-  sessionStorage.removeItem(STORAGE);
+  Object.values(STORAGE).forEach((name) => sessionStorage.removeItem(name));
   document.getElementById("forget-key").hidden = true;
 }
 
 export const KEY_GIVEN = "factory-inspect:key-given"; // a window event: requests refused before may retry
 
-function keepKey(key) {
-  sessionStorage.setItem(STORAGE, key);
+function keepKey(kind, key) {
+  sessionStorage.setItem(STORAGE[kind], key);
   document.getElementById("forget-key").hidden = false;
   window.dispatchEvent(new Event(KEY_GIVEN));
 }
 
-function askKey(refused) {
+function askKey(kind, refused) {
   asking ??= new Promise((resolve) => {
     const dialog = document.getElementById("key-dialog");
     const input = document.getElementById("api-key");
-    document.getElementById("key-reason").textContent = refused
-      ? "The server refused that API key. Enter the right one."
-      : "This server asks for an API key.";
+    const words = ASK[kind];
+    document.getElementById("key-title").textContent = words.title;
+    document.querySelector("label[for=api-key]").textContent = words.title;
+    document.getElementById("key-reason").textContent = refused ? words.refused : words.first;
     input.value = "";
     dialog.addEventListener("close", () => {
       asking = null;
@@ -84,10 +69,11 @@ async function failureOf(response) {
     body.error || response.statusText || "no message", body.request_id || response.headers.get("X-Request-ID"));
 }
 
-/** fetch + JSON, with the bearer key when one is kept; a 401 asks for a key and retries. */
-export async function call(path, init = {}) {
+/** fetch + JSON, with the bearer key when one is kept; a 401 asks for a key and retries.
+ * ``kind``: "api", or "reload" for what changes the model. */
+export async function call(path, init = {}, kind = "api") {
   for (;;) {
-    const key = storedKey();
+    const key = keyFor(kind);
     const headers = new Headers(init.headers || {});
     if (key) headers.set("Authorization", `Bearer ${key}`);
     let response;
@@ -97,10 +83,15 @@ export async function call(path, init = {}) {
       throw new ApiFailure(0, "unreachable", String(err.message || err), null);
     }
     if (response.status === 401) {
-      if (key && storedKey() === key) forgetKey();
-      const given = await askKey(Boolean(key));
+      // A refused key is forgotten; the API key refused for a change asks for the reload key.
+      const sent = kind === "reload" && key !== sessionStorage.getItem(STORAGE.reload) ? null : key;
+      if (sent && keyFor(kind) === sent) {
+        if (kind === "api") forgetKey();
+        else sessionStorage.removeItem(STORAGE.reload);
+      }
+      const given = await askKey(kind, Boolean(sent));
       if (given) {
-        keepKey(given);
+        keepKey(kind, given);
         continue;
       }
     }
@@ -124,5 +115,5 @@ export async function inspect(category, files,
 }
 
 export function hasKey() {
-  return storedKey() !== null;
+  return Object.values(STORAGE).some((name) => sessionStorage.getItem(name) !== null);
 }

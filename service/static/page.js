@@ -1,28 +1,49 @@
-// The page's wiring: health and categories, the inspect panel, recent and the category report.
+// The page's wiring: health and categories, the inspect panel, recent (with its confirmations),
+// teaching the model, and the category report with its versions.
 
 import { KEY_GIVEN, forgetKey, hasKey } from "./api.js";
+import { Feedback } from "./feedback.js";
 import { el } from "./format.js";
 import { HealthPanel } from "./health.js";
 import { InspectPanel } from "./inspect.js";
+import { LineagePanel } from "./lineage.js";
+import { DefectDialog } from "./mark.js";
 import { say } from "./messages.js";
 import { RecentPanel } from "./recent.js";
 import { ReportPanel } from "./report.js";
+import { UpdatePanel } from "./update.js";
 
 const HEALTH_EVERY_MS = 10000;
 
 const select = document.getElementById("category");
-const recent = new RecentPanel();
 const report = new ReportPanel();
+const lineage = new LineagePanel(modelChanged);
+const update = new UpdatePanel(modelChanged);
+const defects = new DefectDialog();
+const feedback = new Feedback((item) => defects.ask(item), (count) => update.setPending(count));
+const recent = new RecentPanel((item) => feedback.actions(item));
 const panel = new InspectPanel((category, results) => {
   recent.load(category);
+  feedback.load(); // others may have confirmed parts meanwhile
   report.load(category, results[results.length - 1].score); // drift moved too
 });
 let listed = "";
 
 function choose(name) {
   panel.setCategory(name);
+  feedback.setCategory(name);
+  update.setCategory(name);
   recent.load(name);
   report.load(name);
+  lineage.load(name);
+}
+
+/** After an update or a rollback: another version may be live, and fewer confirmations wait. */
+function modelChanged(category) {
+  if (category !== select.value) return;
+  report.load(category);
+  lineage.load(category);
+  feedback.load();
 }
 
 function listCategories(categories) {
