@@ -59,3 +59,16 @@ def chromium() -> Iterator[object]:
             yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def new_page(browser, width: int = 1400, height: int = 1250) -> Iterator[object]:
+    """A page in a fresh context that collects its uncaught JavaScript errors in ``page.js_errors``."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.js_errors = []
+    page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
+    try:
+        yield page
+    finally:
+        context.close()

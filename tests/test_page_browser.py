@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.browser import chromium, require_browser
+from tests.browser import chromium, new_page, require_browser
 from tests.conftest import REPO, shared_category
 from tests.servers import Server, running_server
 
@@ -43,12 +43,8 @@ def server(request, tmp_path_factory) -> Iterator[tuple[str, Server]]:
 
 @pytest.fixture
 def page(browser, server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1250})
-    page = context.new_page()
-    page.js_errors = []
-    page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
-    yield page
-    context.close()
+    with new_page(browser) as page:
+        yield page
 
 
 def bottle(defect: str, name: str = "000.png"):

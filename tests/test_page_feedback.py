@@ -20,7 +20,7 @@ import pytest
 
 from model.artifact.store import read_manifest
 from model.jobs.fit import fit
-from tests.browser import chromium, require_browser
+from tests.browser import chromium, new_page, require_browser
 from tests.conftest import REPO, tiny_config
 from tests.servers import running_server
 from tests.test_update import UPDATABLE
@@ -47,12 +47,8 @@ def root(tmp_path, tiny_data) -> Path:
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1250})
-    page = context.new_page()
-    page.js_errors = []
-    page.on("pageerror", lambda exc: page.js_errors.append(str(exc)))
-    yield page
-    context.close()
+    with new_page(browser) as page:
+        yield page
 
 
 def part(tiny_data: Path, folder: str, index: int, name: str) -> dict:

@@ -270,8 +270,14 @@ def _perlin_texture(image: np.ndarray, rng: np.random.Generator, n_target: int, 
     texture = _foreign_texture(image, mask.shape, rng, _is_grey(image))
     opacity = np.float32(rng.uniform(0.3, 1.0))
     blended = (1.0 - opacity) * window + opacity * texture
+    return _pasted(image, box, mask, blended)
+
+
+def _pasted(image: np.ndarray, box, mask: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` with ``values`` (float, the window's shape) where ``mask`` is set inside ``box``, and
+    the mask at the image's size."""
     out = image.copy()
-    out[box][mask] = np.clip(np.rint(blended[mask]), 0, 255).astype(np.uint8)
+    out[box][mask] = np.clip(np.rint(values[mask]), 0, 255).astype(np.uint8)
     full = np.zeros(image.shape[:2], bool)
     full[box] = mask
     return out, full
@@ -293,11 +299,7 @@ def _perlin_patch(image: np.ndarray, rng: np.random.Generator, n_target: int, fo
         sign = -1.0 if level > 200 else 1.0 if level < 55 else (-1.0 if rng.random() < 0.5 else 1.0)
         delta = sign * rng.uniform(8.0, 40.0) * (0.4 + 0.6 * weight)  # strongest at the blob's core
         changed = changed + delta[..., None]
-    out = image.copy()
-    out[box][mask] = np.clip(np.rint(changed[mask]), 0, 255).astype(np.uint8)
-    full = np.zeros(image.shape[:2], bool)
-    full[box] = mask
-    return out, full
+    return _pasted(image, box, mask, changed)
 
 
 def _matched(image: np.ndarray, rng: np.random.Generator, n_target: int, foreground: np.ndarray,
@@ -323,11 +325,7 @@ def _matched(image: np.ndarray, rng: np.random.Generator, n_target: int, foregro
         other = image[top : top + h, left : left + w].astype(np.float32)
         other = other - other.mean((0, 1)) + window[mask].mean(0)  # same mean tone: only the texture differs
         changed = window + fade * (other - window)
-    out = image.copy()
-    out[box][mask] = np.clip(np.rint(changed[mask]), 0, 255).astype(np.uint8)
-    full = np.zeros(image.shape[:2], bool)
-    full[box] = mask
-    return out, full
+    return _pasted(image, box, mask, changed)
 
 
 def _inner(foreground: np.ndarray, margin: float) -> np.ndarray:
