@@ -36,7 +36,7 @@ def measure(checkout: Path, artifacts: Path, category: str, image: bytes, n: int
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--threads", "2", "serve", "--artifacts",
-                             str(artifacts), "--port", str(port)], cwd=checkout, env=env,
+                             str(artifacts.resolve()), "--port", str(port)], cwd=checkout, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -78,7 +78,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/served_overhead.json"))
     args = p.parse_args()
     image = args.image.read_bytes()
-    results = {str(c): measure(c, args.artifacts, args.category, image, args.requests) for c in args.checkout}
+    results = {f"{i}: {c}": measure(c, args.artifacts, args.category, image, args.requests)
+               for i, c in enumerate(args.checkout)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     for c, r in results.items():
