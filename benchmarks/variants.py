@@ -60,11 +60,17 @@ def _scene(path: Path, dst: Path, mask_path: Path | None, session: str, rng: np.
     part = cv2.warpAffine(img, m, (w, h))
     keep = cv2.warpAffine(disc.astype(np.uint8), m, (w, h), flags=cv2.INTER_NEAREST).astype(bool)
     out[keep] = part[keep]
+    _write_placed(dst, out, mask_path, m, keep)
+
+
+def _write_placed(dst: Path, out: np.ndarray, mask_path: Path | None, m: np.ndarray, keep: np.ndarray) -> None:
+    """Write the scene ``out`` to ``dst`` and, for a defect, its mask moved by ``m`` and cut to the
+    part (``keep``) under the category's ``ground_truth`` folder."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(dst), out)
     if mask_path is not None:
         mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        moved = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) * keep
+        moved = cv2.warpAffine(mask, m, keep.shape[::-1], flags=cv2.INTER_NEAREST, borderValue=0) * keep
         mdst = dst.parents[2] / "ground_truth" / dst.parent.name / mask_path.name
         mdst.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(mdst), moved.astype(np.uint8))
@@ -99,14 +105,7 @@ def _texscene(path: Path, dst: Path, mask_path: Path | None, session: str, rng: 
     if session == "test":
         x = 255.0 * (np.clip(out.astype(np.float32) * 1.15, 0, 255) / 255.0) ** 0.9
         out = cv2.GaussianBlur(np.clip(x, 0, 255).astype(np.uint8), (0, 0), 0.0015 * min(h, w))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(dst), out)
-    if mask_path is not None:
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
-        moved = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) * keep
-        mdst = dst.parents[2] / "ground_truth" / dst.parent.name / mask_path.name
-        mdst.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(mdst), moved.astype(np.uint8))
+    _write_placed(dst, out, mask_path, m, keep)
 
 
 def _later_session(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -148,3 +150,16 @@ def wait_until(condition: Callable[[], T], what: str | Callable[[], str], timeou
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what() if callable(what) else what}")
         time.sleep(interval)
+
+
+def kill_when_paused(proc: subprocess.Popen, marker: Path, what: str) -> None:
+    """Wait until ``proc`` reaches its test pause (``marker`` appears), then SIGKILL it there;
+    fails if it exits first. The process is reaped either way."""
+    try:
+        wait_until(lambda: marker.exists() or proc.poll() is not None, f"the {what}", timeout=300)
+        assert proc.poll() is None, f"exited with {proc.returncode} before the {what}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

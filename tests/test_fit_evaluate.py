@@ -24,7 +24,7 @@ from model.runtime.inspector import Inspector
 from service.app import create_app
 from cli.main import main as cli_main
 from service.settings import Settings
-from tests.conftest import REPO, bottle_config, bottle_subset, config_args, tiny_config, wait_until
+from tests.conftest import REPO, bottle_config, bottle_subset, config_args, kill_when_paused, tiny_config, wait_until
 
 
 def test_artifact_has_manifest_hashes_and_no_pickle(tiny_artifacts):
@@ -133,14 +133,7 @@ def test_a_rerun_killed_before_publishing_leaves_the_identical_live_version_whol
             "fit(sys.argv[2], 'cat', sys.argv[3], tiny_config())")
     env = {**os.environ, "PYTHONPATH": str(REPO), TEST_PAUSE_ENV: f"before_rename:{marker}"}
     proc = subprocess.Popen([sys.executable, "-c", code, str(REPO), str(tiny_data), str(root)], env=env)
-    try:
-        wait_until(lambda: marker.exists() or proc.poll() is not None, "the re-run to reach its rename", timeout=300)
-        assert proc.poll() is None, f"the re-run exited with {proc.returncode} before its rename"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    kill_when_paused(proc, marker, "re-run's rename")
     live = load_artifact(root / "cat")  # complete and hash-verified
     assert live.artifact_id == first.artifact_id
     again = fit(tiny_data, "cat", root, tiny_config())  # and a re-run that finishes publishes it again

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ from model.jobs.update import update, update_into
 from model.method.coreset import greedy_coreset, random_projection
 from model.method.gaussian import GaussianAccumulator
 from model.serving import Inspector
-from tests.conftest import REPO, tiny_config, wait_until
+from tests.conftest import REPO, kill_when_paused, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 UPDATABLE = {"calibration.holdout_fraction": 0.25, "selection.min_holdout": 2}
@@ -143,14 +142,7 @@ def test_an_update_killed_before_the_swap_leaves_the_live_version_serving(fitted
     env = {**os.environ, "PYTHONPATH": str(REPO), TEST_PAUSE_ENV: f"before_swap:{marker}"}
     proc = subprocess.Popen([sys.executable, "-m", "cli.main", "update", "--artifact", str(fitted),
                              "--goods", str(goods)], cwd=REPO, env=env)
-    try:
-        wait_until(lambda: marker.exists() or proc.poll() is not None, "the update to reach the swap", timeout=300)
-        assert proc.poll() is None, f"the update exited with {proc.returncode} before the swap"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+    kill_when_paused(proc, marker, "update's swap")
     assert load_artifact(fitted).artifact_id == live  # whole, verified, still the live one
     assert update(fitted, goods=more_goods).parent == live  # and the next update goes on from it
 
